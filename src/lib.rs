@@ -1,0 +1,36 @@
+//! nixfarm: a build farm for NixOS fleets.
+//!
+//! # Layout
+//!
+//! One run (a "cycle") is a straight pipeline; [`run`] holds it top to bottom:
+//!
+//! ```text
+//!  config::Settings ──► run::run_once
+//!      checkout  (git)      Checkout { dir, rev }
+//!      update    (nix)      lock changed? new rev
+//!      evaluate  (nix)      Vec<Machine { name, installable, drv }>
+//!      build     (nix)      Vec<BuildOutcome { machine, toplevel | error }>
+//!      publish   (seam)     the static binary cache (next issue)
+//!      push      (git)      PushOutcome
+//!      record    (history)  RunRecord in SQLite
+//! ```
+//!
+//! - [`config`]: the TOML file, parsed with serde then validated into [`config::Settings`].
+//! - [`types`]: domain types parsed at the border (`MachineName`, `StorePath`).
+//! - [`nix`]: the one wrapper around the `nix` CLI; nothing else spawns `nix`.
+//! - [`git`]: clone/fetch/reset/push with git2, host-key checking against known_hosts.
+//! - [`run`]: the pipeline and its phases (`evaluate`, `build`).
+//! - [`record`]: the plain structs a run produces (what the history stores and farmctl shows).
+//! - [`history`]: the embedded SQLite database under the state directory.
+//! - [`cli`]: farmctl's verbs that render records.
+//! - [`process`]: spawning children in their own process group with timeouts.
+
+pub mod cli;
+pub mod config;
+pub mod git;
+pub mod history;
+pub mod nix;
+pub mod process;
+pub mod record;
+pub mod run;
+pub mod types;
