@@ -24,7 +24,6 @@ use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row};
 use crate::record::{MachineRecord, RunId, RunRecord, RunStatus, Trigger};
 use codec::{ms_from_sql, ms_to_sql, Json, Kebab, Parsed};
 
-#[allow(unused_imports)] // used by cli (next commit)
 pub(crate) use codec::enum_str;
 pub use summary::{LastSuccess, MachineSummary};
 
