@@ -20,11 +20,13 @@
 //! - [`nix`]: the one wrapper around the `nix` CLI; nothing else spawns `nix`.
 //! - [`git`]: clone/fetch/reset/push with git2, host-key checking against known_hosts.
 //! - [`run`]: the pipeline and its phases (`evaluate`, `build`).
+//! - [`cache`]: the static binary cache's formats: NAR, hashes, compression, keys, narinfo.
 //! - [`record`]: the plain structs a run produces (what the history stores and farmctl shows).
 //! - [`history`]: the embedded SQLite database under the state directory.
 //! - [`cli`]: farmctl's verbs that render records.
 //! - [`process`]: spawning children in their own process group with timeouts.
 
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod git;
