@@ -16,9 +16,11 @@
 #![allow(dead_code, unused_imports)] // each test binary uses a different part of the bed
 
 mod env;
+mod fleet;
 mod process;
 
 pub use env::{NixEnv, BED_GIT_IDENTITY, NIX_CONFIG};
+pub use fleet::{lock_rev_of_pkgs, Fleet, DEFAULT_MACHINES};
 pub use process::{run, run_unchecked, stderr_of, stdout_of};
 
 use std::sync::atomic::{AtomicU64, Ordering};
