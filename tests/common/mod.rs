@@ -18,10 +18,12 @@
 mod env;
 mod fleet;
 mod process;
+mod sshd;
 
 pub use env::{NixEnv, BED_GIT_IDENTITY, NIX_CONFIG};
 pub use fleet::{lock_rev_of_pkgs, Fleet, DEFAULT_MACHINES};
 pub use process::{run, run_unchecked, stderr_of, stdout_of};
+pub use sshd::Sshd;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
