@@ -1,9 +1,10 @@
 //! An isolated environment for the programs a test runs: `nix`, `git`, `farmd`, `farmctl`.
 //!
 //! Owns a temp dir holding `HOME`, the XDG dirs (Nix 2.8 keeps its flake eval cache and
-//! fetcher cache in `$XDG_CACHE_HOME/nix`) and an `NIX_CONF_DIR` whose `nix.conf` only points
-//! the flake registry at an empty local file, so neither `/etc/nix` nor `/root` nor the
-//! network takes part. It does not give git an identity: the code under test must bring its
+//! fetcher cache in `$XDG_CACHE_HOME/nix`) and an `NIX_CONF_DIR` whose `nix.conf` points the
+//! flake registry at an empty local file and sets `fsync-metadata = false` (the store DB's
+//! fsyncs were about half of a fresh fleet's first build), so neither `/etc/nix` nor `/root`
+//! nor the network takes part. It does not give git an identity: the code under test must bring its
 //! own commit author (the bed's own commits use [`BED_GIT_IDENTITY`]).
 
 use std::ffi::OsStr;
@@ -71,7 +72,10 @@ impl NixEnv {
         std::fs::write(&registry, r#"{"flakes":[],"version":2}"#).expect("write registry");
         std::fs::write(
             env.dir.path().join("nix-conf/nix.conf"),
-            format!("flake-registry = {}\n", registry.display()),
+            format!(
+                "flake-registry = {}\nfsync-metadata = false\n",
+                registry.display()
+            ),
         )
         .expect("write nix.conf");
         env
