@@ -30,6 +30,18 @@ pub use settings::*;
 
 use document::KeyIndex;
 
+/// The tables of the file (`""` is the top level) and the keys each accepts, in file order.
+/// Tables not listed (`build.nix_options`) hold the user's own keys.
+pub fn schema() -> Vec<(&'static str, &'static [&'static str])> {
+    raw::schema()
+}
+
+/// `settings` written back in the config file's shape, every default filled in and every
+/// path absolute: loading it gives the same settings. Unset optional keys are absent.
+pub fn to_table(settings: &Settings) -> Result<toml::Table, toml::ser::Error> {
+    toml::Table::try_from(raw::RawConfig::from(settings))
+}
+
 /// Reads and validates the config file at `path`.
 pub fn load(path: &Path) -> Result<Settings, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| match source.kind() {

@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 
+use super::settings::{Compression, MachineSelection, PushPolicy, RepoAuth, Settings};
 use crate::record::MachineKind;
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -300,6 +301,115 @@ impl Default for RawHooks {
             on_success: None,
             on_failure: None,
             timeout: "5m".into(),
+        }
+    }
+}
+
+/// The settings written back in the file's shape: what `farmctl check-config` shows, and a
+/// config that loads to the same settings (paths are absolute by then).
+impl From<&Settings> for RawConfig {
+    fn from(s: &Settings) -> Self {
+        let path = |p: &PathBuf| p.clone();
+        let (ssh_key, ssh_key_passphrase_file, ssh_agent, token_file, token_user) =
+            match &s.repo.auth {
+                RepoAuth::Default => (None, None, false, None, None),
+                RepoAuth::SshKey {
+                    key,
+                    passphrase_file,
+                } => (Some(path(key)), passphrase_file.clone(), false, None, None),
+                RepoAuth::SshAgent => (None, None, true, None, None),
+                RepoAuth::Token { file, user } => {
+                    (None, None, false, Some(path(file)), Some(user.clone()))
+                }
+            };
+        let (machines, discover) = match &s.build.machines {
+            MachineSelection::Auto(kinds) => {
+                (RawMachines::Keyword("auto".into()), Some(kinds.clone()))
+            }
+            MachineSelection::List(refs) => (
+                RawMachines::List(
+                    refs.iter()
+                        .map(|r| match r.kind {
+                            MachineKind::Nixos => r.name.to_string(),
+                            kind => format!("{}:{}", kind.as_str(), r.name),
+                        })
+                        .collect(),
+                ),
+                None,
+            ),
+        };
+        let attribute = |kind| s.build.attributes.get(&kind).cloned().unwrap_or_default();
+        let duration = |d: &std::time::Duration| humantime::format_duration(*d).to_string();
+        RawConfig {
+            repo: RawRepo {
+                url: Some(s.repo.url.clone()),
+                branch: s.repo.branch.clone(),
+                push_branch: Some(s.repo.push_branch.clone()),
+                ssh_key,
+                ssh_key_passphrase_file,
+                ssh_agent,
+                token_file,
+                token_user,
+                known_hosts: s.repo.known_hosts.clone(),
+                prepare: s.repo.prepare.clone(),
+            },
+            update: RawUpdate {
+                enable: s.update.enable,
+                inputs: s.update.inputs.clone(),
+                author: format!("{} <{}>", s.update.author_name, s.update.author_email),
+                push: match s.update.push {
+                    PushPolicy::Built => RawPush::Built,
+                    PushPolicy::Always => RawPush::Always,
+                    PushPolicy::Never => RawPush::Never,
+                },
+            },
+            build: RawBuild {
+                machines,
+                discover,
+                attributes: RawAttributes {
+                    nixos: attribute(MachineKind::Nixos),
+                    darwin: attribute(MachineKind::Darwin),
+                    home: attribute(MachineKind::Home),
+                },
+                jobs: s.build.jobs.get(),
+                max_jobs: s.build.max_jobs,
+                cores: s.build.cores,
+                builders: s.build.builders.clone(),
+                extra_platforms: s.build.extra_platforms.clone(),
+                nix_options: s.build.nix_options.clone(),
+                timeout: duration(&s.build.timeout),
+            },
+            state: RawState {
+                dir: s.state.dir.clone(),
+            },
+            cache: s.cache.as_ref().map(|c| RawCache {
+                url: Some(c.url.clone()),
+                secret_key_files: c.secret_key_files.clone(),
+                compression: match c.compression {
+                    Compression::Zstd => RawCompression::Zstd,
+                    Compression::Xz => RawCompression::Xz,
+                    Compression::None => RawCompression::None,
+                },
+                level: Some(c.level),
+                jobs: c.jobs.get(),
+                priority: c.priority,
+                upload_logs: c.upload_logs,
+                ssh_identity: c.ssh_identity.clone(),
+                ssh_known_hosts: c.ssh_known_hosts.clone(),
+            }),
+            schedule: RawSchedule {
+                cron: s.schedule.cron.clone(),
+                timezone: s.schedule.timezone.clone(),
+                catch_up: s.schedule.catch_up,
+            },
+            control: RawControl {
+                socket: s.control.socket.clone(),
+            },
+            hooks: RawHooks {
+                on_success: s.hooks.on_success.clone(),
+                on_failure: s.hooks.on_failure.clone(),
+                timeout: duration(&s.hooks.timeout),
+            },
         }
     }
 }
