@@ -54,7 +54,7 @@ pub struct KeyIndex {
     keys: BTreeMap<String, KeySpans>,
 }
 
-/// An unknown key found by [`check_keys`].
+/// An unknown key found by [`KeyIndex::parse`].
 pub struct UnknownKey {
     pub section: String,
     pub key: String,

@@ -135,6 +135,18 @@ fn a_missing_file_says_to_pass_config_or_copy_the_example() {
 }
 
 #[test]
+fn an_unreadable_file_names_the_path_and_keeps_the_cause() {
+    // A directory cannot be read as a file; the OS error is the source, for the caller's chain.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let e = load(dir).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!("cannot read config file `{}`", dir.display())
+    );
+    assert!(std::error::Error::source(&e).is_some());
+}
+
+#[test]
 fn a_missing_url_says_which_key_to_add_where() {
     let e = error("[repo]\nbranch = \"main\"\n");
     assert_mentions(

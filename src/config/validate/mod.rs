@@ -1,19 +1,19 @@
 //! The one step from [`RawConfig`] (what the file says) to [`Settings`] (what the program
 //! uses): defaults that depend on other keys, ranges, mutually exclusive keys, machine names,
 //! and relative paths resolved against the config file's directory. Every error names the key,
-//! the line it is on, and what to write instead.
+//! the line it is on, and what to write instead. [build] and [cache], the sections with the
+//! most rules, have a file each.
 
-use std::collections::BTreeMap;
-use std::num::NonZeroUsize;
-use std::path::{Component, Path, PathBuf};
+mod build;
+mod cache;
+
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::document::KeyIndex;
 use super::error::{ConfigError, Location};
 use super::raw::*;
 use super::settings::*;
-use crate::record::MachineKind;
-use crate::types::MachineName;
 
 /// What validation needs besides the raw values: where keys are, to point at them.
 pub(super) struct Context<'a> {
@@ -151,9 +151,9 @@ pub(super) fn validate(raw: RawConfig, cx: &Context) -> Result<Settings> {
         source: cx.source.to_owned(),
         repo: repo(raw.repo, cx)?,
         update: update(raw.update, cx)?,
-        build: build(raw.build, cx)?,
+        build: build::build(raw.build, cx)?,
         state: state(raw.state, cx)?,
-        cache: raw.cache.map(|c| cache(c, cx)).transpose()?,
+        cache: raw.cache.map(|c| cache::cache(c, cx)).transpose()?,
         schedule: schedule(raw.schedule, cx)?,
         control: ControlSettings {
             socket: cx.path("control.socket", raw.control.socket)?,
@@ -344,191 +344,6 @@ fn parse_author(s: &str) -> Option<(String, String)> {
     (clean(name) && clean(email) && !email.contains(char::is_whitespace))
         .then(|| (name.to_owned(), email.to_owned()))
 }
-
-fn build(b: RawBuild, cx: &Context) -> Result<BuildSettings> {
-    let machines =
-        match b.machines {
-            RawMachines::Keyword(k) if k == "auto" => {
-                let mut kinds = b.discover.unwrap_or_else(|| vec![MachineKind::Nixos]);
-                if kinds.is_empty() {
-                    return Err(cx.invalid(
-                        "build.discover",
-                        "is empty, so nothing would be built",
-                        "list at least one of \"nixos\", \"darwin\" and \"home\"",
-                    ));
-                }
-                kinds.sort();
-                kinds.dedup();
-                MachineSelection::Auto(kinds)
-            }
-            RawMachines::Keyword(k) => return Err(cx.invalid(
-                "build.machines",
-                format!(
-                    "is \"{}\", which is neither \"auto\" nor a list",
-                    k.escape_debug()
-                ),
-                "write `machines = \"auto\"` to build every machine the flake defines, or list \
-                 them: `machines = [\"pi3\", \"darwin:mac\"]`",
-            )),
-            RawMachines::List(entries) => {
-                if b.discover.is_some() {
-                    return Err(cx.invalid(
-                        "build.discover",
-                        "only applies when `machines = \"auto\"`, but machines are listed",
-                        "remove `discover`, or set `machines = \"auto\"`",
-                    ));
-                }
-                if entries.is_empty() {
-                    return Err(cx.invalid(
-                        "build.machines",
-                        "is an empty list, so nothing would be built",
-                        "list at least one machine, or set `machines = \"auto\"`",
-                    ));
-                }
-                MachineSelection::List(machine_list(&entries, cx)?)
-            }
-        };
-
-    let a = b.attributes;
-    let mut attributes = BTreeMap::new();
-    for (kind, template, default) in [
-        (MachineKind::Nixos, a.nixos, RawAttributes::default().nixos),
-        (
-            MachineKind::Darwin,
-            a.darwin,
-            RawAttributes::default().darwin,
-        ),
-        (MachineKind::Home, a.home, RawAttributes::default().home),
-    ] {
-        if !template.contains("{name}") {
-            return Err(cx.invalid(
-                &format!("build.attributes.{}", kind.as_str()),
-                format!("is `{template}`, which does not contain `{{name}}`"),
-                format!("farmd puts each machine's name where `{{name}}` is; the default is `{default}`"),
-            ));
-        }
-        attributes.insert(kind, template);
-    }
-
-    let jobs = NonZeroUsize::new(b.jobs).ok_or_else(|| {
-        cx.invalid(
-            "build.jobs",
-            "is 0, so nothing would ever build",
-            "set it to how many machines to build at once (at least 1)",
-        )
-    })?;
-
-    for platform in &b.extra_platforms {
-        if platform.is_empty() || platform.contains(char::is_whitespace) {
-            return Err(cx.invalid_at(
-                cx.at_element("build.extra_platforms", platform),
-                "build.extra_platforms",
-                format!(
-                    "contains `{}`, which is not a Nix system",
-                    platform.escape_debug()
-                ),
-                "write systems like \"aarch64-linux\", one per list element",
-            ));
-        }
-    }
-
-    for name in b.nix_options.keys() {
-        let key = format!("build.nix_options.{name}");
-        if let Some(ours) = reserved_nix_option(name) {
-            return Err(cx.invalid(
-                &key,
-                "is set by farmd itself",
-                format!("use `{ours} = …` in [build] instead"),
-            ));
-        }
-        if name.is_empty() || name.starts_with('-') || name.contains(char::is_whitespace) {
-            return Err(cx.invalid(
-                &key,
-                "is not a Nix option name",
-                "write options as `name = \"value\"`, e.g. `keep-outputs = \"true\"`",
-            ));
-        }
-    }
-
-    Ok(BuildSettings {
-        machines,
-        attributes,
-        jobs,
-        max_jobs: b.max_jobs,
-        cores: b.cores,
-        builders: b.builders,
-        extra_platforms: b.extra_platforms,
-        nix_options: b.nix_options,
-        timeout: cx.duration("build.timeout", &b.timeout, "4h")?,
-    })
-}
-
-/// The [build] key to use instead of a Nix option farmd passes itself (also under its
-/// `extra-` or underscore spellings, which Nix or users also write).
-fn reserved_nix_option(name: &str) -> Option<&'static str> {
-    const OURS: [(&str, &str); 4] = [
-        ("max-jobs", "max_jobs"),
-        ("cores", "cores"),
-        ("builders", "builders"),
-        ("extra-platforms", "extra_platforms"),
-    ];
-    let name = name.to_ascii_lowercase().replace('_', "-");
-    let find = |n: &str| {
-        OURS.iter()
-            .find(|(nix, _)| *nix == n)
-            .map(|(_, ours)| *ours)
-    };
-    find(&name).or_else(|| name.strip_prefix("extra-").and_then(find))
-}
-
-/// `"pi3"`, `"nixos:pi3"`, `"darwin:mac"`, `"home:alice"`.
-fn machine_list(entries: &[String], cx: &Context) -> Result<Vec<MachineRef>> {
-    let key = "build.machines";
-    let mut refs: Vec<MachineRef> = Vec::with_capacity(entries.len());
-    for entry in entries {
-        let at = || cx.at_element(key, entry);
-        let (kind, name) = match entry.split_once(':') {
-            None => (MachineKind::Nixos, entry.as_str()),
-            Some((kind, name)) => {
-                let kind = MachineKind::ALL
-                    .into_iter()
-                    .find(|k| k.as_str() == kind)
-                    .ok_or_else(|| {
-                        cx.invalid_at(
-                            at(),
-                            key,
-                            format!("entry `{}` has the unknown kind `{}`", entry.escape_debug(), kind.escape_debug()),
-                            "prefix a name with `nixos:`, `darwin:` or `home:`, or write it bare for a NixOS machine",
-                        )
-                    })?;
-                (kind, name)
-            }
-        };
-        let name: MachineName = name.parse().map_err(|e| {
-            cx.invalid_at(
-                at(),
-                key,
-                format!(
-                    "entry `{}` is not a valid machine name: {e}",
-                    entry.escape_debug()
-                ),
-                "use the name as the flake defines it (nixosConfigurations.<name>)",
-            )
-        })?;
-        let r = MachineRef { kind, name };
-        if refs.contains(&r) {
-            return Err(cx.invalid_at(
-                at(),
-                key,
-                format!("lists `{}:{}` twice", r.kind.as_str(), r.name),
-                "remove one of them",
-            ));
-        }
-        refs.push(r);
-    }
-    Ok(refs)
-}
-
 fn state(s: RawState, cx: &Context) -> Result<StateSettings> {
     // The one path not resolved against the config's directory: where the daemon keeps its
     // data must not move when the config file does.
@@ -543,146 +358,6 @@ fn state(s: RawState, cx: &Context) -> Result<StateSettings> {
         dir: s.dir.components().collect(),
     })
 }
-
-fn cache(c: RawCache, cx: &Context) -> Result<CacheSettings> {
-    let url = c.url.ok_or_else(|| {
-        cx.missing(
-            "cache.url",
-            "add `url = \"sftp://user@host/srv/nix-cache\"` or `url = \"file:///srv/nix-cache\"` \
-             under [cache], or remove [cache] to publish nothing",
-        )
-    })?;
-    let is_sftp = cache_url(&url).map_err(|problem| {
-        cx.invalid(
-            "cache.url",
-            format!("is `{url}`: {problem}"),
-            "write `sftp://[user@]host[:port]/path` for a remote host or `file:///path` for a \
-             local directory",
-        )
-    })?;
-    if !is_sftp {
-        for (key, set) in [
-            ("cache.ssh_identity", c.ssh_identity.is_some()),
-            ("cache.ssh_known_hosts", c.ssh_known_hosts.is_some()),
-        ] {
-            if set {
-                return Err(cx.invalid(
-                    key,
-                    "only applies to sftp:// caches",
-                    "remove it, or use an sftp:// URL",
-                ));
-            }
-        }
-    }
-    if c.secret_key_files.is_empty() {
-        return Err(cx.missing(
-            "cache.secret_key_files",
-            "add `secret_key_files = [\"/var/lib/farmd/cache.sk\"]` under [cache]; \
-             `farmctl keygen` creates a key",
-        ));
-    }
-    let secret_key_files = c
-        .secret_key_files
-        .into_iter()
-        .map(|p| cx.path("cache.secret_key_files", p))
-        .collect::<Result<_>>()?;
-
-    let (compression, default_level, range, name) = match c.compression {
-        RawCompression::Zstd => (Compression::Zstd, 3, 1..=19, "zstd"),
-        RawCompression::Xz => (Compression::Xz, 6, 0..=9, "xz"),
-        RawCompression::None => (Compression::None, 0, 0..=0, "none"),
-    };
-    let level = c.level.unwrap_or(default_level);
-    if !range.contains(&level) {
-        let hint = match c.compression {
-            RawCompression::None => {
-                "remove `level`: there is nothing to tune without compression".to_owned()
-            }
-            _ => format!(
-                "use {}..={} (default {default_level}); higher is smaller but slower",
-                range.start(),
-                range.end()
-            ),
-        };
-        return Err(cx.invalid(
-            "cache.level",
-            format!("is {level}, outside the range of `compression = \"{name}\"`"),
-            hint,
-        ));
-    }
-
-    let jobs = NonZeroUsize::new(c.jobs).ok_or_else(|| {
-        cx.invalid(
-            "cache.jobs",
-            "is 0, so nothing would be uploaded",
-            "set it to how many paths to compress and upload at once (default 4)",
-        )
-    })?;
-
-    Ok(CacheSettings {
-        url,
-        secret_key_files,
-        compression,
-        level,
-        jobs,
-        priority: c.priority,
-        upload_logs: c.upload_logs,
-        ssh_identity: cx.opt_path("cache.ssh_identity", c.ssh_identity)?,
-        ssh_known_hosts: cx.opt_path("cache.ssh_known_hosts", c.ssh_known_hosts)?,
-    })
-}
-
-/// Checks the shape of a cache URL; true for sftp://, false for file:///. The publish phase
-/// parses it into its own target type; this only catches what would fail there at 3 a.m.
-fn cache_url(url: &str) -> std::result::Result<bool, String> {
-    if let Some(rest) = url.strip_prefix("sftp://") {
-        let (authority, path) = rest
-            .find('/')
-            .map(|i| rest.split_at(i))
-            .ok_or("it has no directory after the host")?;
-        if path.len() < 2 {
-            return Err("it has no directory after the host".into());
-        }
-        let host_port =
-            authority.rsplit_once('@').map_or(
-                authority,
-                |(user, hp)| {
-                    if user.is_empty() {
-                        ""
-                    } else {
-                        hp
-                    }
-                },
-            );
-        let (host, port) = if let Some(v6) = host_port.strip_prefix('[') {
-            let (host, after) = v6.split_once(']').ok_or("its IPv6 host lacks `]`")?;
-            (host, after.strip_prefix(':'))
-        } else {
-            match host_port.rsplit_once(':') {
-                Some((h, p)) => (h, Some(p)),
-                None => (host_port, None),
-            }
-        };
-        if host.is_empty() || host.contains(char::is_whitespace) {
-            return Err("it has no host (or an empty user before `@`)".into());
-        }
-        if let Some(port) = port {
-            if !matches!(port.parse::<u16>(), Ok(p) if p > 0) {
-                return Err(format!("its port `{port}` is not a number from 1 to 65535"));
-            }
-        }
-        Ok(true)
-    } else if let Some(path) = url.strip_prefix("file://") {
-        let path = Path::new(path);
-        if !path.is_absolute() || path.components().all(|c| c == Component::RootDir) {
-            return Err("a file URL needs an absolute directory: `file:///srv/nix-cache`".into());
-        }
-        Ok(false)
-    } else {
-        Err("farmd publishes only over sftp:// or to a local file:/// directory".into())
-    }
-}
-
 fn schedule(s: RawSchedule, cx: &Context) -> Result<ScheduleSettings> {
     if let Some(cron) = &s.cron {
         let fields = cron.split_whitespace().count();
