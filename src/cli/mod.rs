@@ -2,5 +2,6 @@
 //! daemon or the history returned and gives back a `String`; the binary prints it. Parsing
 //! arguments, talking to the daemon and choosing exit codes stay in `src/bin/farmctl.rs`.
 
+pub mod check_config;
 pub mod history;
 pub mod style;
