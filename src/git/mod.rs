@@ -10,11 +10,13 @@
 mod credentials;
 mod known_hosts;
 mod remote;
+mod sync;
 #[cfg(test)]
 mod testutil;
 
 use std::path::PathBuf;
 
+pub use sync::{head, sync, Checkout};
 
 /// What went wrong talking to a git remote or with the checkout. Messages name the remote (with
 /// any password in the URL masked) or the directory, and say what to do.
