@@ -9,6 +9,7 @@
 
 mod credentials;
 mod known_hosts;
+mod push;
 mod remote;
 mod sync;
 #[cfg(test)]
@@ -16,6 +17,7 @@ mod testutil;
 
 use std::path::PathBuf;
 
+pub use push::push;
 pub use sync::{head, sync, Checkout};
 
 /// What went wrong talking to a git remote or with the checkout. Messages name the remote (with
