@@ -11,6 +11,8 @@ mod credentials;
 mod known_hosts;
 mod push;
 mod remote;
+#[cfg(test)]
+mod ssh_tests;
 mod sync;
 #[cfg(test)]
 mod testutil;

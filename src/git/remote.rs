@@ -16,7 +16,7 @@ use git2::{CertificateCheckStatus, ErrorClass, RemoteCallbacks};
 use super::credentials::Credentials;
 use super::known_hosts::{blob_key_type, KnownHosts, Verdict};
 use super::{file_list, redact_url, GitError};
-use crate::config::RepoSettings;
+use crate::config::{RepoAuth, RepoSettings};
 
 /// The global file ssh also reads.
 const GLOBAL_KNOWN_HOSTS: &str = "/etc/ssh/ssh_known_hosts";
@@ -114,6 +114,28 @@ impl<'a> Session<'a> {
     pub fn error(&self, source: git2::Error, context: impl FnOnce() -> String) -> GitError {
         if let Some(stashed) = self.failure.borrow_mut().take() {
             return stashed;
+        }
+        if source.class() == ErrorClass::Ssh && source.message().contains("private key") {
+            if let RepoAuth::SshKey {
+                key,
+                passphrase_file,
+            } = &self.repo.auth
+            {
+                let passphrase = match passphrase_file {
+                    Some(file) => format!("that `{}` holds its passphrase", file.display()),
+                    None => "that it has no passphrase (else configure a passphrase file)".into(),
+                };
+                return GitError::Auth {
+                    url: self.url.clone(),
+                    method: format!("key `{}`", key.display()),
+                    hint: format!(
+                        "libssh2 cannot load the key ({}); check {passphrase} and that \
+                         `ssh-keygen -y -f {}` prints its public key",
+                        source.message(),
+                        key.display()
+                    ),
+                };
+            }
         }
         if source.class() == ErrorClass::Ssh && source.message().contains("authentication") {
             return GitError::Auth {
