@@ -1,7 +1,9 @@
-//! farmctl's verbs that turn records into text. Every function here is pure: it takes what the
-//! daemon or the history returned and gives back a `String`; the binary prints it. Parsing
-//! arguments, talking to the daemon and choosing exit codes stay in `src/bin/farmctl.rs`.
+//! farmctl's verbs that turn records into text, and how the binaries report errors. Rendering
+//! functions are pure: they take what the daemon or the history returned and give back a
+//! `String`; the binaries print them. Parsing arguments, talking to the daemon and choosing exit
+//! codes stay in `src/bin/`.
 
 pub mod check_config;
 pub mod history;
+pub mod report;
 pub mod style;
