@@ -145,14 +145,24 @@ pub struct MachineRecord {
 #[serde(rename_all = "kebab-case", tag = "status")]
 pub enum PushOutcome {
     /// The policy (or a failed run under `built`) said not to push; `reason` says which.
-    Skipped { reason: String },
+    Skipped {
+        reason: String,
+    },
     /// The remote branch already had this commit.
-    UpToDate { rev: String },
-    Pushed { rev: String },
+    UpToDate {
+        rev: String,
+    },
+    Pushed {
+        rev: String,
+    },
     /// The remote refused (typically: it moved on). Never forced.
-    Rejected { message: String },
+    Rejected {
+        message: String,
+    },
     /// The push could not be attempted or failed in transport.
-    Failed { message: String },
+    Failed {
+        message: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

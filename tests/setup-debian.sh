@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what farmd and its tests need on a fresh Debian 12 machine (run as root).
+# Idempotent: packages already present are left alone.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+packages=(
+  nix-bin            # the real Nix the farm drives and the tests judge with
+  git                # nix's --commit-lock-file runs git
+  openssh-server     # a real sshd on loopback: git over ssh, remote builders, the SFTP cache
+  openssh-client
+  nginx-light        # serves the cache to the real Nix client over HTTP
+  sqlite3            # to inspect the history by hand
+  build-essential pkg-config libssl-dev  # libgit2 / libssh2 / sqlite are built from source by cargo
+  ca-certificates
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+mkdir -p /run/sshd
+# nginx-light starts the distribution's server on port 80; the tests run their own instances.
+command -v cargo >/dev/null || { echo "error: cargo not found; install Rust (rustup) first" >&2; exit 1; }
