@@ -13,6 +13,7 @@
 //!  then NarInfo { … } .sign(key) ─► `<hash>.narinfo`, written after its NAR and references
 //! ```
 
+pub mod backend;
 mod compress;
 mod hash;
 mod nar;
