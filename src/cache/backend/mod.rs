@@ -174,7 +174,7 @@ pub(crate) fn check_path(path: &str, root_ok: bool) -> Result<(), BackendError> 
     Ok(())
 }
 
-/// How to run ssh for an `sftp://` cache (from the [cache] section of the config).
+/// How to run ssh for an `sftp://` cache (from the `[cache]` section of the config).
 #[derive(Clone, Debug)]
 pub struct SshOptions {
     /// `-i FILE` (default: ssh's own identities and the agent).
