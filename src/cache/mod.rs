@@ -12,7 +12,11 @@
 //!                 ─► Compressor ─► HashingWriter (FileHash, FileSize) ─► upload
 //!  then NarInfo { … } .sign(key) ─► `<hash>.narinfo`, written after its NAR and references
 //! ```
+//!
+//! How the bytes reach the cache directory is [`backend`]'s job: the `CacheBackend` seam with
+//! its SFTP and local-directory transports, the only async, networked part of this module.
 
+pub mod backend;
 mod compress;
 mod hash;
 mod nar;

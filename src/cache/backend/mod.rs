@@ -1,0 +1,248 @@
+//! The transport seam under the publisher: a [`CacheBackend`] is the cache directory, wherever
+//! it is. [`SftpBackend`] reaches it through the system's OpenSSH (`ssh -s HOST sftp`),
+//! [`LocalBackend`] is a directory on this machine (`file://`, and the tests' yardstick).
+//!
+//! It owns moving bytes and names: listing a directory in one readdir sequence, streaming
+//! uploads with writes pipelined, atomic renames, and errors a user can act on. It does not
+//! know what a narinfo or a NAR is, nor in which order files must appear: the publisher
+//! decides that and relies on two promises made here:
+//!
+//! - a file written with [`CacheBackend::create`] + [`Upload::finish`] is complete (and
+//!   fsynced where the server supports it) before `finish` returns;
+//! - [`CacheBackend::rename`] replaces the target atomically, so a reader sees the old file
+//!   or the new one, never a partial one. Uploads therefore go to a [`temp_name`] in the same
+//!   directory and are renamed into place; [`is_temp_name`] finds leftovers for cleanup.
+//!
+//! Paths are `/`-separated and relative to the cache root (`""` is the root itself, `nar`,
+//! `nar/<filehash>.nar.zst`, `<hash>.narinfo`), like object-store keys; each call checks them.
+
+mod error;
+mod local;
+mod sftp;
+mod ssh;
+mod url;
+
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+pub use error::{BackendError, StderrTail};
+pub use local::LocalBackend;
+pub use sftp::SftpBackend;
+pub use ssh::ssh_args;
+pub use url::{CacheUrl, CacheUrlError, SftpTarget};
+
+use crate::config::CacheSettings;
+
+/// One directory entry, as one `readdir` returns it (no per-file `stat`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub name: String,
+    /// Bytes (0 when the server does not say).
+    pub size: u64,
+    /// Last modification, to the second (None when the server does not say).
+    pub mtime: Option<SystemTime>,
+    pub is_dir: bool,
+}
+
+/// The cache directory, local or remote. Shared by concurrent uploads (`Arc<dyn …>`).
+#[async_trait]
+pub trait CacheBackend: Send + Sync + std::fmt::Debug {
+    /// The entries of one directory (`""`, `nar`, `log`), without `.` and `..`, in the
+    /// server's order. One readdir sequence, never a request per file.
+    async fn list(&self, dir: &str) -> Result<Vec<Entry>, BackendError>;
+
+    /// The contents of a small file (`nix-cache-info`, a narinfo), or `None` if it does not
+    /// exist.
+    async fn read(&self, path: &str) -> Result<Option<Vec<u8>>, BackendError>;
+
+    /// Create (or truncate) `path` for a streaming upload. Give it a [`temp_name`] and
+    /// [`rename`](Self::rename) it into place after [`Upload::finish`].
+    async fn create(&self, path: &str) -> Result<Box<dyn Upload>, BackendError>;
+
+    /// Rename `from` to `to`, atomically replacing `to` if it exists.
+    async fn rename(&self, from: &str, to: &str) -> Result<(), BackendError>;
+
+    /// Remove a file. Removing a file that does not exist succeeds (GC and cleanup may race
+    /// with each other or with a previous, interrupted run).
+    async fn remove(&self, path: &str) -> Result<(), BackendError>;
+
+    /// Create a directory and its missing parents; an existing directory is fine.
+    async fn mkdir_all(&self, dir: &str) -> Result<(), BackendError>;
+
+    /// Write a small file atomically: upload to a temporary name, then rename over `path`.
+    /// Returns the bytes written. On failure, the temporary file is removed (best effort) and
+    /// `path` is untouched.
+    async fn write_atomic(&self, path: &str, contents: Bytes) -> Result<u64, BackendError> {
+        let tmp = temp_name(path)?;
+        let result = async {
+            let mut upload = self.create(&tmp).await?;
+            upload.write(contents).await?;
+            let size = upload.finish().await?;
+            self.rename(&tmp, path).await?;
+            Ok(size)
+        }
+        .await;
+        if result.is_err() {
+            let _ = self.remove(&tmp).await;
+        }
+        result
+    }
+}
+
+/// A file being written, chunk by chunk, without holding it in memory.
+///
+/// Dropping an `Upload` without [`finish`](Upload::finish) abandons it: the temporary file is
+/// removed in the background where possible, otherwise left for [`is_temp_name`] cleanup.
+/// After an error from [`write`](Upload::write) or `finish`, the implementation has already
+/// removed its file (best effort), so a full disk is not kept full by our own leftovers.
+#[async_trait]
+pub trait Upload: Send {
+    /// Append a chunk. Returns once it is queued; several writes are in flight at once, so an
+    /// error may surface on a later `write` or on `finish`.
+    async fn write(&mut self, chunk: Bytes) -> Result<(), BackendError>;
+
+    /// Wait until every byte is written, fsync where supported, close; returns the size.
+    async fn finish(self: Box<Self>) -> Result<u64, BackendError>;
+
+    /// Give up: stop writing and remove the file (best effort).
+    async fn abort(self: Box<Self>);
+}
+
+/// The prefix of every temporary name we create.
+pub const TEMP_PREFIX: &str = ".tmp-farmd-";
+
+/// A temporary name for `path` in the same directory (so renaming it into place is atomic):
+/// `dir/.tmp-farmd-<pid>-<random>-<name>`. The pid tells cleanup whose it was; the random
+/// part keeps concurrent uploads of the same file apart.
+pub fn temp_name(path: &str) -> Result<String, BackendError> {
+    check_path(path, false)?;
+    let (dir, name) = match path.rsplit_once('/') {
+        Some((dir, name)) => (Some(dir), name),
+        None => (None, path),
+    };
+    let random = getrandom::u64().unwrap_or_else(|_| {
+        // Only uniqueness matters here, not secrecy.
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+    });
+    let tmp = format!("{TEMP_PREFIX}{}-{random:016x}-{name}", std::process::id());
+    Ok(match dir {
+        Some(dir) => format!("{dir}/{tmp}"),
+        None => tmp,
+    })
+}
+
+/// Whether a directory entry's name is one of our temporary files.
+pub fn is_temp_name(name: &str) -> bool {
+    name.starts_with(TEMP_PREFIX)
+}
+
+/// Checks a cache-relative path: no leading `/`, no empty, `.` or `..` components. `""` (the
+/// root) only where a directory is meant.
+pub(crate) fn check_path(path: &str, root_ok: bool) -> Result<(), BackendError> {
+    let invalid = |reason| {
+        Err(BackendError::InvalidPath {
+            path: path.to_owned(),
+            reason,
+        })
+    };
+    if path.is_empty() {
+        return if root_ok {
+            Ok(())
+        } else {
+            invalid("empty (the cache root is not a file)")
+        };
+    }
+    if path.starts_with('/') {
+        return invalid("must be relative to the cache root");
+    }
+    if path.contains('\0') {
+        return invalid("contains a NUL byte");
+    }
+    if path
+        .split('/')
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return invalid("has an empty, `.` or `..` component");
+    }
+    Ok(())
+}
+
+/// How to run ssh for an `sftp://` cache (from the `[cache]` section of the config).
+#[derive(Clone, Debug)]
+pub struct SshOptions {
+    /// `-i FILE` (default: ssh's own identities and the agent).
+    pub identity: Option<PathBuf>,
+    /// Checked strictly (`StrictHostKeyChecking=yes`) instead of ssh's own known_hosts.
+    pub known_hosts: Option<PathBuf>,
+    /// Write requests in flight per upload, each up to 255 KiB (default: 32, ≈ 8 MiB: enough
+    /// for ~250 MiB/s at 30 ms round trip).
+    pub writes_in_flight: NonZeroUsize,
+}
+
+impl Default for SshOptions {
+    fn default() -> Self {
+        SshOptions {
+            identity: None,
+            known_hosts: None,
+            writes_in_flight: NonZeroUsize::new(32).unwrap(),
+        }
+    }
+}
+
+impl From<&CacheSettings> for SshOptions {
+    fn from(settings: &CacheSettings) -> Self {
+        SshOptions {
+            identity: settings.ssh_identity.clone(),
+            known_hosts: settings.ssh_known_hosts.clone(),
+            ..SshOptions::default()
+        }
+    }
+}
+
+/// Connect to the cache and make sure its directories exist: the root, `nar/` and `log/`.
+pub async fn open(url: &CacheUrl, ssh: &SshOptions) -> Result<Arc<dyn CacheBackend>, BackendError> {
+    let backend: Arc<dyn CacheBackend> = match url {
+        CacheUrl::File { root } => Arc::new(LocalBackend::new(root.clone())),
+        CacheUrl::Sftp(target) => Arc::new(SftpBackend::connect(target, ssh).await?),
+    };
+    for dir in ["", "nar", "log"] {
+        backend.mkdir_all(dir).await?;
+    }
+    Ok(backend)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temp_names_sit_next_to_the_target_and_are_recognisable() {
+        let tmp = temp_name("nar/abc.nar.zst").unwrap();
+        let (dir, name) = tmp.split_once('/').unwrap();
+        assert_eq!(dir, "nar");
+        assert!(is_temp_name(name), "{name}");
+        assert!(name.ends_with("-abc.nar.zst"), "{name}");
+        assert!(name.contains(&format!("-{}-", std::process::id())));
+        assert_ne!(tmp, temp_name("nar/abc.nar.zst").unwrap());
+        assert!(is_temp_name(&temp_name("x.narinfo").unwrap()));
+        assert!(!is_temp_name("x.narinfo"));
+    }
+
+    #[test]
+    fn paths_must_stay_inside_the_cache() {
+        for bad in ["/etc/passwd", "nar/../..", "a//b", "./x", "nar/"] {
+            assert!(check_path(bad, true).is_err(), "{bad}");
+        }
+        assert!(check_path("", false).is_err());
+        check_path("", true).unwrap();
+        check_path("nar/x.nar.zst", false).unwrap();
+        assert!(temp_name("").is_err());
+    }
+}

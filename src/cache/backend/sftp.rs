@@ -1,0 +1,481 @@
+//! The cache directory on a remote host, over SFTP (openssh-sftp-client on the stdin/stdout of
+//! the system's `ssh`, see [`super::ssh`]).
+//!
+//! Uploads are pipelined: each chunk batch (up to OpenSSH's 255 KiB write limit) is one
+//! zero-copy write request at its own offset on a clone of the file handle, and up to
+//! `writes_in_flight` of them wait for their answer at once, so throughput is not one round
+//! trip per request. OpenSSH's sftp-server answers a full disk with a generic "Failure";
+//! such failures on writes are checked against `statvfs` to say "disk full" when it is.
+
+use std::collections::VecDeque;
+use std::io::SeekFrom;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_core::Stream;
+use openssh_sftp_client::error::SftpErrorKind;
+use openssh_sftp_client::file::File;
+use openssh_sftp_client::{Error as SftpError, Sftp, SftpOptions};
+use tokio::io::AsyncSeek;
+use tokio::task::JoinSet;
+
+use super::ssh::{classify_connect_failure, resolve, ssh_args, Peer, SshProcess};
+use super::{check_path, BackendError, CacheBackend, Entry, SftpTarget, SshOptions, Upload};
+
+/// Bytes per write request: OpenSSH's sftp-server accepts up to 256 KiB messages and
+/// announces 255 KiB of data per write (limits@openssh.com).
+const WRITE_LEN: usize = 255 * 1024;
+
+/// A failed write leaves less than this free: call it a full disk.
+const NEARLY_FULL: u64 = 1024 * 1024;
+
+/// How long the SSH + SFTP handshake may take (beyond ssh's own ConnectTimeout).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(120);
+
+pub struct SftpBackend {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    sftp: Sftp,
+    root: PathBuf,
+    peer: Peer,
+    ssh: SshProcess,
+    writes_in_flight: usize,
+}
+
+impl std::fmt::Debug for SftpBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SftpBackend")
+            .field("peer", &self.shared.peer)
+            .field("root", &self.shared.root)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SftpBackend {
+    /// Starts `ssh … -s HOST sftp` and the SFTP session. Fails with a classified error (host
+    /// key, authentication, network, …) if ssh does not get that far.
+    pub async fn connect(target: &SftpTarget, opts: &SshOptions) -> Result<Self, BackendError> {
+        let args = ssh_args(target, opts);
+        let peer = resolve(target, opts, &args).await;
+        let (ssh, stdin, stdout) =
+            SshProcess::spawn(&args, &target.host).map_err(|e| BackendError::SshFailed {
+                host: target.host.clone(),
+                reason: format!("cannot run `ssh` ({e}); install the OpenSSH client"),
+                stderr: Default::default(),
+            })?;
+        let started = tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            Sftp::new(stdin, stdout, SftpOptions::new()),
+        )
+        .await;
+        let sftp = match started {
+            Ok(Ok(sftp)) => sftp,
+            failed => {
+                let detail = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("no answer within {HANDSHAKE_TIMEOUT:?}"),
+                };
+                let (stderr, status) = ssh.last_words(Duration::from_secs(5)).await;
+                return Err(classify_connect_failure(&peer, stderr, status, detail));
+            }
+        };
+        if !sftp.support_posix_rename() {
+            return Err(BackendError::Unsupported {
+                host: peer.host.clone(),
+                what: "posix-rename@openssh.com (atomic replace)",
+            });
+        }
+        tracing::debug!(host = %peer.host, root = %target.root.display(), "sftp session started");
+        Ok(SftpBackend {
+            shared: Arc::new(Shared {
+                sftp,
+                root: target.root.clone(),
+                peer,
+                ssh,
+                writes_in_flight: opts.writes_in_flight.get(),
+            }),
+        })
+    }
+}
+
+impl Shared {
+    fn full(&self, path: &str, root_ok: bool) -> Result<PathBuf, BackendError> {
+        check_path(path, root_ok)?;
+        Ok(if path.is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(path)
+        })
+    }
+
+    /// Maps an SFTP error on `path` to what a user can act on. `writing`: the operation may
+    /// have needed disk space, so a generic failure is checked against a full disk.
+    async fn error(
+        &self,
+        op: &'static str,
+        path: &Path,
+        err: &SftpError,
+        writing: bool,
+    ) -> BackendError {
+        let shown = path.display().to_string();
+        let host = self.peer.label();
+        match err {
+            SftpError::SftpError(kind, msg) => match kind {
+                SftpErrorKind::PermDenied => BackendError::PermissionDenied {
+                    op,
+                    path: shown,
+                    user: self.peer.user.clone(),
+                    host: self.peer.host_label(),
+                },
+                SftpErrorKind::NoSuchFile => BackendError::NotFound {
+                    op,
+                    path: shown,
+                    host,
+                },
+                SftpErrorKind::Failure if writing => match self.free_bytes(path).await {
+                    Some(free) if free < NEARLY_FULL => BackendError::DiskFull {
+                        op,
+                        path: shown,
+                        host,
+                        free_bytes: Some(free),
+                    },
+                    _ => BackendError::Remote {
+                        op,
+                        path: shown,
+                        host,
+                        message: format!(
+                            "{} (OpenSSH reports a full disk or an exceeded quota this way: \
+                                 remote disk full?)",
+                            msg.get().0
+                        ),
+                    },
+                },
+                _ => BackendError::Remote {
+                    op,
+                    path: shown,
+                    host,
+                    message: msg.get().0.to_owned(),
+                },
+            },
+            SftpError::UnsupportedExtension(what) => BackendError::Unsupported {
+                host: self.peer.host.clone(),
+                what,
+            },
+            // Everything else means the session is gone (ssh exited, pipe closed, …).
+            other => {
+                let (stderr, _) = self.ssh.last_words(Duration::from_secs(2)).await;
+                BackendError::ConnectionLost {
+                    host: self.peer.host.clone(),
+                    op,
+                    path: shown,
+                    reason: other.to_string(),
+                    stderr,
+                }
+            }
+        }
+    }
+
+    /// Free bytes (for this user) on the file system holding `path`'s directory.
+    async fn free_bytes(&self, path: &Path) -> Option<u64> {
+        if !self.sftp.support_statvfs() {
+            return None;
+        }
+        let dir = path.parent().unwrap_or(&self.root);
+        let st = self.sftp.fs().statvfs(dir).await.ok()?;
+        if st.favail == 0 && st.files > 0 {
+            return Some(0); // out of inodes is as full as it gets
+        }
+        Some(st.bavail.saturating_mul(st.frsize.max(1)))
+    }
+}
+
+#[async_trait]
+impl CacheBackend for SftpBackend {
+    async fn list(&self, dir: &str) -> Result<Vec<Entry>, BackendError> {
+        let s = &*self.shared;
+        let full = s.full(dir, true)?;
+        let opened = s.sftp.fs().open_dir(&full).await;
+        let read_dir = match opened {
+            Ok(d) => d.read_dir(),
+            Err(e) => return Err(s.error("list", &full, &e, false).await),
+        };
+        tokio::pin!(read_dir);
+        let mut entries = Vec::new();
+        while let Some(item) =
+            std::future::poll_fn(|cx| Stream::poll_next(read_dir.as_mut(), cx)).await
+        {
+            let entry = match item {
+                Ok(entry) => entry,
+                Err(e) => return Err(s.error("list", &full, &e, false).await),
+            };
+            let Some(name) = entry.filename().to_str() else {
+                continue; // never ours: every name we write is UTF-8
+            };
+            if name == "." || name == ".." {
+                continue;
+            }
+            let meta = entry.metadata();
+            entries.push(Entry {
+                name: name.to_owned(),
+                size: meta.len().unwrap_or(0),
+                mtime: meta.modified().map(|t| t.as_system_time()),
+                is_dir: entry.file_type().is_some_and(|t| t.is_dir()),
+            });
+        }
+        Ok(entries)
+    }
+
+    async fn read(&self, path: &str) -> Result<Option<Vec<u8>>, BackendError> {
+        let s = &*self.shared;
+        let full = s.full(path, false)?;
+        match s.sftp.fs().read(&full).await {
+            Ok(bytes) => Ok(Some(bytes.to_vec())),
+            Err(SftpError::SftpError(SftpErrorKind::NoSuchFile, _)) => Ok(None),
+            Err(e) => Err(s.error("read", &full, &e, false).await),
+        }
+    }
+
+    async fn create(&self, path: &str) -> Result<Box<dyn Upload>, BackendError> {
+        let s = &self.shared;
+        let full = s.full(path, false)?;
+        let file = s
+            .sftp
+            .options()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&full)
+            .await;
+        match file {
+            Ok(file) => Ok(Box::new(SftpUpload {
+                shared: Arc::clone(s),
+                file: Some(file),
+                path: full,
+                pending: VecDeque::new(),
+                pending_len: 0,
+                offset: 0,
+                in_flight: JoinSet::new(),
+            })),
+            Err(e) => Err(s.error("create", &full, &e, true).await),
+        }
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> Result<(), BackendError> {
+        let s = &*self.shared;
+        let (from, to) = (s.full(from, false)?, s.full(to, false)?);
+        // posix-rename@openssh.com (checked at connect): rename(2), atomic replace.
+        match s.sftp.fs().rename(&from, &to).await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(s.error("rename into place", &to, &e, true).await),
+        }
+    }
+
+    async fn remove(&self, path: &str) -> Result<(), BackendError> {
+        let s = &*self.shared;
+        let full = s.full(path, false)?;
+        match s.sftp.fs().remove_file(&full).await {
+            Ok(()) | Err(SftpError::SftpError(SftpErrorKind::NoSuchFile, _)) => Ok(()),
+            Err(e) => Err(s.error("remove", &full, &e, false).await),
+        }
+    }
+
+    async fn mkdir_all(&self, dir: &str) -> Result<(), BackendError> {
+        let s = &*self.shared;
+        let full = s.full(dir, true)?;
+        // Walk up to the deepest existing ancestor (usually `full` itself: one stat), then
+        // create downwards.
+        let mut missing = Vec::new();
+        let mut at = full.as_path();
+        loop {
+            match s.sftp.fs().metadata(at).await {
+                Ok(meta) if meta.file_type().is_some_and(|t| t.is_dir()) => break,
+                Ok(_) => {
+                    return Err(BackendError::Remote {
+                        op: "create directory",
+                        path: at.display().to_string(),
+                        host: s.peer.label(),
+                        message: "exists and is not a directory".into(),
+                    })
+                }
+                Err(SftpError::SftpError(SftpErrorKind::NoSuchFile, _)) => {
+                    missing.push(at.to_owned());
+                    match at.parent() {
+                        Some(parent) => at = parent,
+                        None => break,
+                    }
+                }
+                Err(e) => return Err(s.error("create directory", at, &e, false).await),
+            }
+        }
+        for dir in missing.iter().rev() {
+            if let Err(e) = s.sftp.fs().create_dir(dir).await {
+                // Lost a race with another creator? Then it exists now.
+                let exists = s.sftp.fs().metadata(dir).await;
+                if !exists.is_ok_and(|m| m.file_type().is_some_and(|t| t.is_dir())) {
+                    return Err(s.error("create directory", dir, &e, true).await);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A streaming upload: chunks are batched up to [`WRITE_LEN`] and written as pipelined
+/// requests, each on a clone of the handle at its own offset (SFTP writes carry the offset).
+struct SftpUpload {
+    shared: Arc<Shared>,
+    /// `None` once finished, aborted or failed.
+    file: Option<File>,
+    path: PathBuf,
+    pending: VecDeque<Bytes>,
+    pending_len: usize,
+    /// Bytes handed to write requests so far.
+    offset: u64,
+    in_flight: JoinSet<Result<(), SftpError>>,
+}
+
+impl SftpUpload {
+    /// Takes up to [`WRITE_LEN`] bytes off the front of `pending`, without copying.
+    fn take_batch(&mut self) -> Vec<Bytes> {
+        let mut batch = Vec::new();
+        let mut len = 0;
+        while len < WRITE_LEN {
+            let Some(mut chunk) = self.pending.pop_front() else {
+                break;
+            };
+            if len + chunk.len() > WRITE_LEN {
+                let rest = chunk.split_off(WRITE_LEN - len);
+                self.pending.push_front(rest);
+            }
+            len += chunk.len();
+            batch.push(chunk);
+        }
+        self.pending_len -= len;
+        batch
+    }
+
+    /// Sends one batch as a write request, first waiting for room among those in flight.
+    async fn send(&mut self, mut batch: Vec<Bytes>) -> Result<(), BackendError> {
+        while self.in_flight.len() >= self.shared.writes_in_flight {
+            self.reap_one().await?;
+        }
+        let Some(file) = &self.file else {
+            return Err(self.gone());
+        };
+        let mut file = file.clone();
+        let len: usize = batch.iter().map(Bytes::len).sum();
+        let offset = self.offset;
+        self.offset += len as u64;
+        self.in_flight.spawn(async move {
+            Pin::new(&mut file).start_seek(SeekFrom::Start(offset))?;
+            file.write_all_zero_copy(&mut batch).await
+        });
+        Ok(())
+    }
+
+    /// Waits for the oldest-finishing write; on error, cleans up and maps it.
+    async fn reap_one(&mut self) -> Result<(), BackendError> {
+        match self.in_flight.join_next().await {
+            None | Some(Ok(Ok(()))) => Ok(()),
+            Some(Ok(Err(e))) => Err(self.fail("write", &e).await),
+            Some(Err(join)) => std::panic::resume_unwind(join.into_panic()),
+        }
+    }
+
+    /// Maps `err` (while the disk is still as full as the failure left it), then stops every
+    /// write and removes the file, so nothing partial stays behind.
+    async fn fail(&mut self, op: &'static str, err: &SftpError) -> BackendError {
+        let mapped = self.shared.error(op, &self.path, err, true).await;
+        self.discard().await;
+        mapped
+    }
+
+    async fn discard(&mut self) {
+        self.in_flight.abort_all();
+        while self.in_flight.join_next().await.is_some() {}
+        self.pending.clear();
+        self.pending_len = 0;
+        if let Some(file) = self.file.take() {
+            let _ = file.close().await;
+            let _ = self.shared.sftp.fs().remove_file(&self.path).await;
+        }
+    }
+
+    fn gone(&self) -> BackendError {
+        BackendError::Remote {
+            op: "write",
+            path: self.path.display().to_string(),
+            host: self.shared.peer.label(),
+            message: "the upload already failed or was finished".into(),
+        }
+    }
+}
+
+#[async_trait]
+impl Upload for SftpUpload {
+    async fn write(&mut self, chunk: Bytes) -> Result<(), BackendError> {
+        if self.file.is_none() {
+            return Err(self.gone());
+        }
+        self.pending_len += chunk.len();
+        self.pending.push_back(chunk);
+        while self.pending_len >= WRITE_LEN {
+            let batch = self.take_batch();
+            self.send(batch).await?;
+        }
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<u64, BackendError> {
+        if self.file.is_none() {
+            return Err(self.gone());
+        }
+        while self.pending_len > 0 {
+            let batch = self.take_batch();
+            self.send(batch).await?;
+        }
+        while !self.in_flight.is_empty() {
+            self.reap_one().await?;
+        }
+        let mut file = self.file.take().expect("checked above");
+        if self.shared.sftp.support_fsync() {
+            if let Err(e) = file.sync_all().await {
+                self.file = Some(file);
+                return Err(self.fail("write", &e).await);
+            }
+        }
+        if let Err(e) = file.close().await {
+            let mapped = self.shared.error("write", &self.path, &e, true).await;
+            let _ = self.shared.sftp.fs().remove_file(&self.path).await;
+            return Err(mapped);
+        }
+        Ok(self.offset)
+    }
+
+    async fn abort(mut self: Box<Self>) {
+        self.discard().await;
+    }
+}
+
+impl Drop for SftpUpload {
+    fn drop(&mut self) {
+        // Abandoned mid-way (e.g. the run was cancelled): close and remove in the background.
+        // The JoinSet's own drop aborts the writes still in flight.
+        if let Some(file) = self.file.take() {
+            let shared = Arc::clone(&self.shared);
+            let path = std::mem::take(&mut self.path);
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    let _ = file.close().await;
+                    let _ = shared.sftp.fs().remove_file(&path).await;
+                });
+            }
+        }
+    }
+}
