@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tests/setup-debian.sh
 cargo build --locked --bins
-exec cargo test --locked -- --test-threads="${TEST_THREADS:-4}"
+exec cargo test --locked --no-fail-fast -- --test-threads="${TEST_THREADS:-4}"
