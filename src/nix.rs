@@ -234,10 +234,11 @@ fn parse_version(text: &str) -> Option<(u32, u32)> {
     let word = text.split_whitespace().last()?;
     let mut parts = word.split('.');
     let major = parts.next()?.parse().ok()?;
-    let minor = parts
-        .next()?
-        .trim_end_matches(|c: char| !c.is_ascii_digit());
-    Some((major, minor.parse().ok()?))
+    let minor = parts.next()?;
+    let digits = minor
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(minor.len());
+    Some((major, minor[..digits].parse().ok()?))
 }
 
 /// How to name "the outputs of this derivation" as an installable: `drv^*` since Nix 2.13;
