@@ -37,6 +37,19 @@ pub enum RunStatus {
     Interrupted,
 }
 
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Error => "error",
+            RunStatus::Cancelled => "cancelled",
+            RunStatus::Interrupted => "interrupted",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Phase {
@@ -79,6 +92,8 @@ pub struct PhaseTiming {
 #[serde(rename_all = "kebab-case")]
 pub enum MachineStatus {
     Pending,
+    /// Its build is under way.
+    Building,
     /// Its configuration did not evaluate.
     EvalFailed,
     BuildFailed,
@@ -90,6 +105,27 @@ pub enum MachineStatus {
 impl MachineStatus {
     pub fn is_success(self) -> bool {
         self == MachineStatus::Built
+    }
+
+    /// Failed in this run (not pending, not cancelled).
+    pub fn is_failure(self) -> bool {
+        matches!(
+            self,
+            MachineStatus::EvalFailed | MachineStatus::BuildFailed | MachineStatus::TimedOut
+        )
+    }
+
+    /// The name used in JSON, the history and journald fields.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MachineStatus::Pending => "pending",
+            MachineStatus::Building => "building",
+            MachineStatus::EvalFailed => "eval-failed",
+            MachineStatus::BuildFailed => "build-failed",
+            MachineStatus::TimedOut => "timed-out",
+            MachineStatus::Built => "built",
+            MachineStatus::Cancelled => "cancelled",
+        }
     }
 }
 

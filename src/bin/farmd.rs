@@ -1,7 +1,6 @@
 //! farmd: the build farm daemon. `farmd --once` runs one complete run in the foreground.
 
 use std::path::PathBuf;
-use std::sync::Mutex;
 
 use anyhow::Context;
 use clap::Parser;
@@ -56,7 +55,7 @@ async fn once(settings: config::Settings) -> anyhow::Result<i32> {
     let layout = StateLayout::new(&settings.state.dir);
     layout.prepare()?;
     let _lock = layout.lock()?;
-    let history = Mutex::new(History::open(layout.root()).context("cannot open the history")?);
+    let history = History::open(layout.root()).context("cannot open the history")?;
     let cancel = CancellationToken::new();
     {
         let cancel = cancel.clone();
@@ -76,6 +75,7 @@ async fn once(settings: config::Settings) -> anyhow::Result<i32> {
         settings: &settings,
         history: &history,
         cancel,
+        observer: None,
     };
     let request = RunRequest {
         trigger: Trigger::Once,

@@ -59,6 +59,7 @@ impl Paint {
             }
             MachineStatus::Cancelled => Paint::Warn,
             MachineStatus::Pending => Paint::Dim,
+            MachineStatus::Building => Paint::Warn,
         }
     }
 }

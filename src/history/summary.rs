@@ -23,8 +23,8 @@ pub struct MachineSummary {
     pub last_run_at: i64,
     pub last_success: Option<LastSuccess>,
     /// When the first run that failed it (evaluation, build or timeout) after its last success
-    /// started; `None` when no failure came after the last success. Cancelled and pending
-    /// outcomes neither start nor end a failure streak.
+    /// started; `None` when no failure came after the last success. Cancelled, pending and
+    /// building outcomes neither start nor end a failure streak.
     pub failing_since: Option<i64>,
     /// How many runs failed it since the last success.
     pub failures_since_success: u32,
@@ -50,7 +50,7 @@ pub(super) fn query(conn: &Connection) -> rusqlite::Result<Vec<MachineSummary>> 
     let mut stmt = conn.prepare_cached(
         "WITH per_machine AS (
             SELECT name,
-                   COALESCE(MAX(run_id) FILTER (WHERE status <> :pending), MAX(run_id))
+                   COALESCE(MAX(run_id) FILTER (WHERE status NOT IN (:pending, :building)), MAX(run_id))
                        AS last_run,
                    MAX(run_id) FILTER (WHERE status = :built) AS ok_run
             FROM machines GROUP BY name
@@ -78,6 +78,7 @@ pub(super) fn query(conn: &Connection) -> rusqlite::Result<Vec<MachineSummary>> 
     let rows = stmt.query_map(
         named_params! {
             ":pending": enum_str(&MachineStatus::Pending),
+            ":building": enum_str(&MachineStatus::Building),
             ":built": enum_str(&MachineStatus::Built),
             ":eval_failed": eval_failed,
             ":build_failed": build_failed,

@@ -13,7 +13,6 @@ pub mod evaluate;
 pub mod state;
 
 use std::fs::File;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -48,8 +47,15 @@ pub struct RunRequest {
 /// Everything a run needs from its surroundings.
 pub struct Farm<'a> {
     pub settings: &'a Settings,
-    pub history: &'a Mutex<History>,
+    pub history: &'a History,
     pub cancel: CancellationToken,
+    /// Told about every change of phase and machine (the daemon's status, events, sd_notify).
+    pub observer: Option<&'a (dyn Observer + 'a)>,
+}
+
+/// Watches a run's progress. Called on the run's task: keep it quick and never block.
+pub trait Observer: Send + Sync {
+    fn progress(&self, record: &RunRecord, phase: Option<Phase>);
 }
 
 /// The run was cancelled (by SIGINT/SIGTERM or `farmctl cancel`).
@@ -63,8 +69,6 @@ pub async fn run_once(farm: &Farm<'_>, request: RunRequest) -> anyhow::Result<Ru
     let started_at = chrono::Utc::now().timestamp();
     let id = farm
         .history
-        .lock()
-        .unwrap()
         .begin(request.trigger, request.requested_by.as_deref(), started_at)
         .context("cannot record the start of the run")?;
     let mut run = Run {
@@ -130,8 +134,11 @@ impl Run<'_> {
     }
 
     fn save(&self) {
+        if let Some(observer) = self.farm.observer {
+            observer.progress(&self.record, self.phase.map(|(p, _)| p));
+        }
         // Progress saves are best effort; the final save's error is reported by `finish`.
-        if let Err(e) = self.farm.history.lock().unwrap().save(&self.record) {
+        if let Err(e) = self.farm.history.save(&self.record) {
             warn!(error = %format!("{e:#}"), "cannot save run progress");
         }
     }
@@ -340,8 +347,11 @@ impl Run<'_> {
         }
         self.save();
 
-        let results = self
-            .for_each_machine(&machines, |run, m| {
+        let machines: Vec<(usize, Machine)> = machines.into_iter().enumerate().collect();
+        let mut ok = Vec::new();
+        self.for_each_machine(
+            &machines,
+            |run, m| {
                 let nix = run.nix.clone();
                 let flake = flake.to_owned();
                 let log = run.open_machine_log(m);
@@ -351,51 +361,56 @@ impl Run<'_> {
                 async move {
                     let started = Instant::now();
                     let limits = nix::limits(timeout, &cancel, log);
-                    (
-                        evaluate::derivation(&nix, &flake, &m, limits).await,
-                        started.elapsed(),
-                    )
+                    let result = evaluate::derivation(&nix, &flake, &m, limits).await;
+                    (result, started.elapsed())
                 }
-            })
-            .await;
-        let mut ok = Vec::new();
-        for ((index, machine), (result, elapsed)) in machines.into_iter().enumerate().zip(results) {
-            let rec = &mut self.record.machines[index];
-            rec.duration_ms += elapsed.as_millis() as u64;
-            match result {
-                Ok(drv) => match drv.parse() {
-                    Ok(drv) => {
-                        rec.drv_path = Some(drv);
-                        ok.push((index, machine));
-                    }
-                    Err(e) => {
-                        rec.status = MachineStatus::EvalFailed;
-                        rec.error = Some(format!("evaluation gave an invalid derivation: {e}"));
-                    }
-                },
-                Err(e) => {
+            },
+            |_, _| {},
+            |run, index, (result, elapsed)| {
+                let rec = &mut run.record.machines[index];
+                rec.duration_ms += elapsed.as_millis() as u64;
+                let drv = result.map_err(|e| {
                     rec.status = match e {
                         NixError::Cancelled { .. } => MachineStatus::Cancelled,
                         NixError::TimedOut { .. } => MachineStatus::TimedOut,
                         _ => MachineStatus::EvalFailed,
                     };
                     rec.log_tail = e.stderr_tail().map(str::to_owned);
-                    rec.error = Some(format!("evaluation failed: {}", first_error_line(&e)));
-                    warn!(machine = %rec.name, status = ?rec.status, error = %rec.error.as_deref().unwrap_or(""), "evaluation failed");
+                    format!("evaluation failed: {}", first_error_line(&e))
+                });
+                match drv.and_then(|d| {
+                    d.parse()
+                        .map_err(|e| format!("evaluation gave an invalid derivation: {e}"))
+                }) {
+                    Ok(drv) => {
+                        rec.drv_path = Some(drv);
+                        ok.push(index);
+                    }
+                    Err(error) => {
+                        if rec.status == MachineStatus::Pending {
+                            rec.status = MachineStatus::EvalFailed;
+                        }
+                        warn!(machine = %rec.name, status = rec.status.as_str(), error = %error, "evaluation failed");
+                        rec.error = Some(error);
+                    }
                 }
-            }
-        }
-        self.save();
-        Ok(ok)
+            },
+        )
+        .await;
+        ok.sort_unstable();
+        Ok(machines
+            .into_iter()
+            .filter(|(i, _)| ok.binary_search(i).is_ok())
+            .collect())
     }
 
     async fn build(&mut self, machines: &[(usize, Machine)]) -> anyhow::Result<()> {
         let nix_version = nix::version(&self.nix)
             .await
             .context("cannot find out which Nix is installed")?;
-        let list: Vec<Machine> = machines.iter().map(|(_, m)| m.clone()).collect();
-        let results = self
-            .for_each_machine(&list, |run, m| {
+        self.for_each_machine(
+            machines,
+            |run, m| {
                 let nix = run.nix.clone();
                 let log = run.open_machine_log(m);
                 let gcroot = run.layout.gcroot(m.kind, &m.name);
@@ -414,75 +429,91 @@ impl Run<'_> {
                 let cancel = run.cancel().clone();
                 let m = m.clone();
                 async move {
-                    info!(machine = %m.name, phase = "build", drv = %drv, "building");
+                    info!(machine = %m.name, drv = %drv, "building");
                     let started = Instant::now();
                     let limits = nix::limits(timeout, &cancel, log);
                     let result = build::build(&nix, &m, &drv, nix_version, &gcroot, limits).await;
                     (result, started.elapsed())
                 }
-            })
-            .await;
-        for ((index, _), (result, elapsed)) in machines.iter().zip(results) {
-            let rec = &mut self.record.machines[*index];
-            rec.duration_ms += elapsed.as_millis() as u64;
-            match result {
-                Ok(toplevel) => {
-                    info!(machine = %rec.name, toplevel = %toplevel, duration_ms = rec.duration_ms, status = "built", "built");
-                    rec.status = MachineStatus::Built;
-                    rec.toplevel = Some(toplevel);
+            },
+            |run, index| run.record.machines[index].status = MachineStatus::Building,
+            |run, index, (result, elapsed)| {
+                let rec = &mut run.record.machines[index];
+                rec.duration_ms += elapsed.as_millis() as u64;
+                match result {
+                    Ok(toplevel) => {
+                        rec.status = MachineStatus::Built;
+                        info!(machine = %rec.name, toplevel = %toplevel, duration_ms = rec.duration_ms, status = rec.status.as_str(), "built");
+                        rec.toplevel = Some(toplevel);
+                    }
+                    Err(e) => {
+                        rec.status = match &e {
+                            build::BuildError::Nix(NixError::Cancelled { .. }) => {
+                                MachineStatus::Cancelled
+                            }
+                            build::BuildError::Nix(NixError::TimedOut { .. }) => {
+                                MachineStatus::TimedOut
+                            }
+                            _ => MachineStatus::BuildFailed,
+                        };
+                        rec.log_tail = rec
+                            .log_path
+                            .as_deref()
+                            .and_then(|p| process::file_tail(p.as_ref(), process::TAIL_LINES));
+                        rec.error = Some(match &e {
+                            build::BuildError::Nix(n) => first_error_line(n),
+                            other => other.to_string(),
+                        });
+                        warn!(machine = %rec.name, status = rec.status.as_str(), duration_ms = rec.duration_ms, error = %rec.error.as_deref().unwrap_or(""), "build failed");
+                    }
                 }
-                Err(e) => {
-                    rec.status = match &e {
-                        build::BuildError::Nix(NixError::Cancelled { .. }) => {
-                            MachineStatus::Cancelled
-                        }
-                        build::BuildError::Nix(NixError::TimedOut { .. }) => {
-                            MachineStatus::TimedOut
-                        }
-                        _ => MachineStatus::BuildFailed,
-                    };
-                    rec.log_tail = rec
-                        .log_path
-                        .as_deref()
-                        .and_then(|p| process::file_tail(p.as_ref(), process::TAIL_LINES));
-                    rec.error = Some(match &e {
-                        build::BuildError::Nix(n) => first_error_line(n),
-                        other => other.to_string(),
-                    });
-                    warn!(machine = %rec.name, status = ?rec.status, error = %rec.error.as_deref().unwrap_or(""), "build failed");
-                }
-            }
-        }
-        self.save();
+            },
+        )
+        .await;
         Ok(())
     }
 
-    /// Runs `f` for every machine, `[build] jobs` at a time; results in the machines' order.
-    async fn for_each_machine<F, Fut, T>(&self, machines: &[Machine], f: F) -> Vec<T>
-    where
-        F: Fn(&Self, &Machine) -> Fut,
+    /// Runs `make`'s futures for the machines, `[build] jobs` at a time, and applies
+    /// `on_start` / `on_done` to the record as each one starts and ends (so progress is saved
+    /// and observed live, not at the end of the phase). Indexes are into `record.machines`.
+    async fn for_each_machine<Make, Fut, T>(
+        &mut self,
+        machines: &[(usize, Machine)],
+        make: Make,
+        mut on_start: impl FnMut(&mut Self, usize),
+        mut on_done: impl FnMut(&mut Self, usize, T),
+    ) where
+        Make: Fn(&Self, &Machine) -> Fut,
         Fut: std::future::Future<Output = T> + Send + 'static,
         T: Send + 'static,
     {
+        enum Event<T> {
+            Started(usize),
+            Done(usize, T),
+        }
         let permits = std::sync::Arc::new(Semaphore::new(self.settings().build.jobs.get()));
-        let mut tasks = Vec::new();
-        for m in machines {
-            let fut = f(self, m);
-            let permits = permits.clone();
-            let span = tracing::Span::current();
-            tasks.push(tokio::spawn(
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for (index, m) in machines {
+            let fut = make(self, m);
+            let (permits, tx, index) = (permits.clone(), tx.clone(), *index);
+            let span = tracing::info_span!("machine", machine = %m.name);
+            tokio::spawn(
                 async move {
                     let _permit = permits.acquire_owned().await.expect("never closed");
-                    fut.await
+                    let _ = tx.send(Event::Started(index));
+                    let _ = tx.send(Event::Done(index, fut.await));
                 }
                 .instrument(span),
-            ));
+            );
         }
-        let mut out = Vec::with_capacity(tasks.len());
-        for t in tasks {
-            out.push(t.await.expect("machine task panicked"));
+        drop(tx);
+        while let Some(event) = rx.recv().await {
+            match event {
+                Event::Started(index) => on_start(self, index),
+                Event::Done(index, result) => on_done(self, index, result),
+            }
+            self.save();
         }
-        out
     }
 
     fn open_machine_log(&self, m: &Machine) -> Option<File> {
@@ -565,11 +596,9 @@ impl Run<'_> {
         self.transition_to(Some(Phase::Record));
         self.record.finished_at = Some(chrono::Utc::now().timestamp());
         self.transition_to(None);
-        info!(status = ?self.record.status, "run finished");
+        info!(status = self.record.status.as_str(), "run finished");
         self.farm
             .history
-            .lock()
-            .unwrap()
             .save(&self.record)
             .context("cannot record the run in the history")
     }
