@@ -175,3 +175,35 @@ fn refused_client_key_fails_once_with_a_clear_error() {
     );
     assert!(msg.starts_with(&expected), "{msg}");
 }
+
+#[test]
+fn host_listed_only_with_another_key_type_is_refused_and_names_the_type() {
+    // The server offers ecdsa and ed25519 host keys; libssh2 1.11 negotiates ed25519.
+    let Some(sshd) = Sshd::start_with_ecdsa_host_key() else {
+        return;
+    };
+    let remote = Remote::new();
+    let rev = remote.commit("flake.nix", "x");
+    let ecdsa = sshd.ecdsa_host_key.clone().unwrap();
+    let line = format!("[127.0.0.1]:{} {ecdsa}", sshd.port);
+    let mut repo = ssh_settings(&sshd, &remote, sshd.known_hosts("ecdsa_only", &line));
+    let dir = remote.tmp.path().join("checkout");
+    let err = sync(&repo, &dir).unwrap_err();
+    let msg = err.to_string();
+    eprintln!("{msg}");
+    let GitError::UnknownHost { known_types, .. } = &err else {
+        panic!("expected UnknownHost, got {err:?}");
+    };
+    assert_eq!(known_types, &["ecdsa-sha2-nistp256".to_string()]);
+    assert!(
+        msg.contains(&format!(
+            "ssh-keyscan -p {} -t ssh-ed25519 127.0.0.1",
+            sshd.port
+        )),
+        "{msg}"
+    );
+
+    let line = format!("[127.0.0.1]:{} {}", sshd.port, sshd.host_key);
+    repo.known_hosts = Some(sshd.known_hosts("ed25519_only", &line));
+    assert_eq!(sync(&repo, &dir).unwrap().rev, rev);
+}

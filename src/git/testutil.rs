@@ -89,6 +89,8 @@ pub(crate) struct Sshd {
     pub user: String,
     /// The host's ed25519 public key, `ssh-ed25519 AAAA…`.
     pub host_key: String,
+    /// The host's ecdsa public key, when started with one.
+    pub ecdsa_host_key: Option<String>,
     /// A private key sshd accepts.
     pub client_key: PathBuf,
     child: std::process::Child,
@@ -99,17 +101,12 @@ pub(crate) const SSHD: &str = "/usr/sbin/sshd";
 /// Generates an ed25519 key pair (optionally with a passphrase); returns the `.pub` line's
 /// `type base64` part.
 pub(crate) fn keygen(path: &Path, passphrase: &str) -> String {
+    keygen_type(path, passphrase, "ed25519")
+}
+
+fn keygen_type(path: &Path, passphrase: &str, kind: &str) -> String {
     let status = Command::new("ssh-keygen")
-        .args([
-            "-q",
-            "-t",
-            "ed25519",
-            "-C",
-            "farmd-test",
-            "-N",
-            passphrase,
-            "-f",
-        ])
+        .args(["-q", "-t", kind, "-C", "farmd-test", "-N", passphrase, "-f"])
         .arg(path)
         .status()
         .expect("ssh-keygen runs");
@@ -125,12 +122,22 @@ pub(crate) fn keygen(path: &Path, passphrase: &str) -> String {
 impl Sshd {
     /// `None` when this machine has no sshd (the test then has nothing to run against).
     pub fn start() -> Option<Sshd> {
+        Sshd::start_inner(false)
+    }
+
+    /// Like [`Sshd::start`], with an ecdsa host key next to the ed25519 one.
+    pub fn start_with_ecdsa_host_key() -> Option<Sshd> {
+        Sshd::start_inner(true)
+    }
+
+    fn start_inner(with_ecdsa: bool) -> Option<Sshd> {
         if !Path::new(SSHD).exists() {
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let host_key = keygen(&d.join("host_ed25519"), "");
+        let ecdsa_host_key = with_ecdsa.then(|| keygen_type(&d.join("host_ecdsa"), "", "ecdsa"));
         let client_key = d.join("client_ed25519");
         let client_pub = keygen(&client_key, "");
         std::fs::write(d.join("authorized_keys"), format!("{client_pub}\n")).unwrap();
@@ -145,10 +152,15 @@ impl Sshd {
             format!(
                 "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nAuthorizedKeysFile {ak}\n\
                  PidFile {pid}\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-                 UsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\n",
+                 UsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\n{extra}",
                 hk = d.join("host_ed25519").display(),
                 ak = d.join("authorized_keys").display(),
                 pid = d.join("sshd.pid").display(),
+                extra = if with_ecdsa {
+                    format!("HostKey {}\n", d.join("host_ecdsa").display())
+                } else {
+                    String::new()
+                },
             ),
         )
         .unwrap();
@@ -162,6 +174,8 @@ impl Sshd {
             .arg("-e")
             .arg("-f")
             .arg(&config)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
             .stderr(log)
             .spawn()
             .expect("sshd starts");
@@ -174,6 +188,7 @@ impl Sshd {
             port,
             user,
             host_key,
+            ecdsa_host_key,
             client_key,
             child,
         };
