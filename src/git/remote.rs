@@ -123,7 +123,7 @@ impl<'a> Session<'a> {
             {
                 let passphrase = match passphrase_file {
                     Some(file) => format!("that `{}` holds its passphrase", file.display()),
-                    None => "that it has no passphrase (else configure a passphrase file)".into(),
+                    None => "that it has no passphrase (else set `ssh_key_passphrase_file` under [repo])".into(),
                 };
                 return GitError::Auth {
                     url: self.url.clone(),
