@@ -25,10 +25,12 @@
 //! - [`history`]: the embedded SQLite database under the state directory.
 //! - [`cli`]: farmctl's verbs that render records.
 //! - [`process`]: spawning children in their own process group with timeouts.
+//! - [`daemon`]: the service's leaf parts: the cron [`daemon::schedule`] and the [`daemon::hooks`].
 
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod git;
 pub mod history;
 pub mod nix;
