@@ -25,10 +25,12 @@
 //! - [`history`]: the embedded SQLite database under the state directory.
 //! - [`cli`]: farmctl's verbs that render records.
 //! - [`process`]: spawning children in their own process group with timeouts.
+//! - [`daemon`]: the service's systemd side: sd_notify, journald logging, the logind inhibitor.
 
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod git;
 pub mod history;
 pub mod nix;
