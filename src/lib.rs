@@ -25,7 +25,8 @@
 //! - [`history`]: the embedded SQLite database under the state directory.
 //! - [`cli`]: farmctl's verbs that render records.
 //! - [`process`]: spawning children in their own process group with timeouts.
-//! - [`daemon`]: the service's leaf parts: the cron [`daemon::schedule`] and the [`daemon::hooks`].
+//! - [`daemon`]: the long-running service: the loop, the cron [`daemon::schedule`], hooks, and
+//!   the systemd side (sd_notify, journald logging, the logind inhibitor).
 
 pub mod cache;
 pub mod cli;

@@ -1,7 +1,9 @@
-//! The long-running service's parts that stand on their own: [`schedule`] says when scheduled
-//! runs are due (cron in a time zone, DST handled once, missed runs noticed) and [`hooks`] runs
-//! the user's commands after a run. Neither sleeps, listens or owns a run; the service loop
-//! does, and asks them.
+//! The long-running daemon. [`service`] is the loop: one run at a time, a coalescing queue,
+//! the scheduler, and the state `farmctl status` and `STATUS=` are made from. Around it stand
+//! leaves that each own one thing and never fail a run: [`schedule`] says when scheduled runs
+//! are due (cron in a time zone, DST handled once, missed runs noticed), [`hooks`] runs the
+//! user's commands after a run, [`notify`] speaks sd_notify (readiness, `STATUS=`, watchdog).
 
 pub mod hooks;
+pub mod notify;
 pub mod schedule;
