@@ -225,7 +225,7 @@ pub fn file_tail(path: &std::path::Path, n: usize) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn sh(script: &str) -> Command {
