@@ -61,8 +61,31 @@ impl Limits<'_> {
 /// Runs `cmd` to completion in a new process group, within `limits`.
 ///
 /// Stdin is closed; stdout is captured; stderr is read line by line into the log and the tail.
-pub async fn run(mut cmd: Command, limits: Limits<'_>) -> std::io::Result<Outcome> {
-    cmd.stdin(Stdio::null())
+pub async fn run(cmd: Command, limits: Limits<'_>) -> std::io::Result<Outcome> {
+    run_inner(cmd, None, limits).await
+}
+
+/// [`run`], with `input` written to the child's stdin, which is then closed. A child that
+/// exits without reading it all is not an error: what it did is in the [`Outcome`].
+pub async fn run_with_stdin(
+    cmd: Command,
+    input: Vec<u8>,
+    limits: Limits<'_>,
+) -> std::io::Result<Outcome> {
+    run_inner(cmd, Some(input), limits).await
+}
+
+async fn run_inner(
+    mut cmd: Command,
+    input: Option<Vec<u8>>,
+    limits: Limits<'_>,
+) -> std::io::Result<Outcome> {
+    let stdin = if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    };
+    cmd.stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
@@ -71,6 +94,15 @@ pub async fn run(mut cmd: Command, limits: Limits<'_>) -> std::io::Result<Outcom
     let pgid = child
         .id()
         .and_then(|id| rustix::process::Pid::from_raw(id as i32));
+    // Written from a task: a child that reads slowly (or never) must not stop us from reading
+    // its output or enforcing the time limit. Killing the group closes the pipe, which ends it.
+    let stdin_task = child.stdin.take().zip(input).map(|(mut pipe, input)| {
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            // EPIPE: the child closed stdin early; that is its business.
+            let _ = pipe.write_all(&input).await;
+        })
+    });
     let mut stdout = child.stdout.take().expect("stdout is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
 
@@ -135,6 +167,10 @@ pub async fn run(mut cmd: Command, limits: Limits<'_>) -> std::io::Result<Outcom
             kill_group(pgid, &mut child).await;
         }
     }
+    if let Some(task) = stdin_task {
+        // A daemonised grandchild may still hold stdin open without reading it.
+        task.abort();
+    }
     // A daemonised grandchild may hold our pipes open: never wait on them forever.
     let stderr_tail = tokio::time::timeout(KILL_GRACE, stderr_task)
         .await
@@ -189,7 +225,7 @@ pub fn file_tail(path: &std::path::Path, n: usize) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn sh(script: &str) -> Command {
@@ -229,21 +265,45 @@ mod tests {
             .trim()
             .parse()
             .unwrap();
-        // SIGKILL is delivered asynchronously: give the kernel a moment, then it must be
-        // gone or a zombie waiting for init.
-        let alive = || {
-            std::path::Path::new(&format!("/proc/{pid}")).exists()
+        assert!(dies_soon(pid), "grandchild {pid} survived the timeout");
+    }
+
+    /// Whether process `pid` is gone (or a zombie) within a second: a signalled process
+    /// takes a moment to die.
+    pub(crate) fn dies_soon(pid: i32) -> bool {
+        for _ in 0..100 {
+            let alive = std::path::Path::new(&format!("/proc/{pid}")).exists()
                 && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
                     .unwrap_or_default()
-                    .contains(") Z ")
-        };
-        for _ in 0..100 {
-            if !alive() {
-                return;
+                    .contains(") Z ");
+            if !alive {
+                return true;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            std::thread::sleep(Duration::from_millis(10));
         }
-        panic!("grandchild {pid} survived the timeout");
+        false
+    }
+
+    #[tokio::test]
+    async fn stdin_payload_reaches_the_child_and_is_closed() {
+        let input = b"{\"id\": 1}\n".repeat(20_000); // more than a pipe buffer
+        let outcome = run_with_stdin(sh("cat"), input.clone(), Limits::none())
+            .await
+            .unwrap();
+        let Outcome::Finished(f) = outcome else {
+            panic!("{outcome:?}")
+        };
+        assert!(f.status.success());
+        assert_eq!(f.stdout, input);
+    }
+
+    #[tokio::test]
+    async fn a_child_that_ignores_stdin_is_not_an_error() {
+        let input = vec![b'x'; 1 << 20];
+        let outcome = run_with_stdin(sh("exit 0"), input, Limits::none())
+            .await
+            .unwrap();
+        assert!(matches!(outcome, Outcome::Finished(ref f) if f.status.success()));
     }
 
     #[tokio::test]

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::daemon::schedule::Schedule;
 use crate::record::MachineKind;
 use crate::types::MachineName;
 
@@ -154,10 +155,13 @@ pub enum Compression {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct ScheduleSettings {
-    /// A crontab line (5 fields, or 6/7 with seconds first). None = only triggers.
+    /// A crontab line (5 fields, or 6/7 with seconds first, or `@daily`), as written.
+    /// None = only triggers.
     pub cron: Option<String>,
-    /// IANA time zone name (default: the system's local time).
+    /// IANA time zone name, as written (default: the system's local time).
     pub timezone: Option<String>,
+    /// `cron` in `timezone`, parsed: what the daemon schedules by. Set exactly when `cron` is.
+    pub schedule: Option<Schedule>,
     /// Run once at start when a scheduled run was missed (default: true).
     pub catch_up: bool,
 }

@@ -583,18 +583,60 @@ fn cache_mistakes_are_explained() {
 }
 
 #[test]
-fn cron_needs_five_to_seven_fields() {
+fn cron_is_parsed_into_a_schedule() {
     let s = parse_ok(&with_url(
-        "[schedule]\ncron = \"0 30 3 * * *\"\ntimezone = \"Europe/Berlin\"\n",
+        "[schedule]\ncron = \"0 3 * * 1-5\"\ntimezone = \"Europe/Berlin\"\n",
     ));
-    assert_eq!(s.schedule.cron.as_deref(), Some("0 30 3 * * *"));
+    assert_eq!(s.schedule.cron.as_deref(), Some("0 3 * * 1-5"));
+    let schedule = s.schedule.schedule.expect("parsed");
+    assert_eq!(schedule.to_string(), "0 0 3 * * Mon-Fri (Europe/Berlin)");
+    let s = parse_ok(&with_url("[schedule]\ncron = \"0 30 3 * * *\"\n"));
+    assert_eq!(
+        s.schedule.schedule.map(|s| s.to_string()).as_deref(),
+        Some("0 30 3 * * * (local time)")
+    );
+    let s = parse_ok(&with_url("[schedule]\ncatch_up = false\n"));
+    assert!(s.schedule.schedule.is_none() && !s.schedule.catch_up);
+}
+
+#[test]
+fn a_bad_cron_is_a_config_error_at_its_line() {
     let e = error(&with_url("[schedule]\ncron = \"daily\"\n"));
     assert_mentions(
         &e,
         &[
-            "farmd.toml:4:8: `schedule.cron` is `daily`, which has 1 fields",
+            "farmd.toml:4:8: `schedule.cron` is `daily`: it has 1 field",
             "\"0 3 * * *\"",
+            "\"@daily\"",
         ],
+    );
+    let e = error(&with_url("[schedule]\ncron = \"0 3 * * 8\"\n"));
+    assert_mentions(
+        &e,
+        &[
+            "farmd.toml:4:8: `schedule.cron` is `0 3 * * 8`: its day-of-week field `8` is not valid",
+            "\"0 3 * * mon-fri\"",
+        ],
+    );
+}
+
+#[test]
+fn a_bad_timezone_is_a_config_error_at_its_line() {
+    let e = error(&with_url(
+        "[schedule]\ncron = \"0 3 * * *\"\ntimezone = \"Europe/Berln\"\n",
+    ));
+    assert_mentions(
+        &e,
+        &[
+            "farmd.toml:5:12: `schedule.timezone` is `Europe/Berln`: it is not an IANA time zone name",
+            "did you mean \"Europe/Berlin\"?",
+        ],
+    );
+    // Without a cron line the zone is unused, but still checked.
+    let e = error(&with_url("[schedule]\ntimezone = \"Mars/Olympus\"\n"));
+    assert_mentions(
+        &e,
+        &["farmd.toml:4:12: `schedule.timezone` is `Mars/Olympus`"],
     );
 }
 

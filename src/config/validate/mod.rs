@@ -14,6 +14,7 @@ use super::document::KeyIndex;
 use super::error::{ConfigError, Location};
 use super::raw::*;
 use super::settings::*;
+use crate::daemon::schedule::{Schedule, ScheduleError, Zone};
 
 /// What validation needs besides the raw values: where keys are, to point at them.
 pub(super) struct Context<'a> {
@@ -359,29 +360,30 @@ fn state(s: RawState, cx: &Context) -> Result<StateSettings> {
     })
 }
 fn schedule(s: RawSchedule, cx: &Context) -> Result<ScheduleSettings> {
-    if let Some(cron) = &s.cron {
-        let fields = cron.split_whitespace().count();
-        if !(5..=7).contains(&fields) {
-            return Err(cx.invalid(
-                "schedule.cron",
-                format!("is `{cron}`, which has {fields} fields"),
-                "write a crontab line of 5 fields (\"0 3 * * *\" = 03:00 every day), or 6-7 \
-                 with seconds first; remove it to run only on `farmctl trigger`",
-            ));
+    let refused = |e: ScheduleError| {
+        let key = match e {
+            ScheduleError::UnknownZone { .. } => "schedule.timezone",
+            _ => "schedule.cron",
+        };
+        cx.invalid(
+            key,
+            format!("is `{}`: {}", e.input(), e.problem()),
+            e.hint(),
+        )
+    };
+    let zone = s.timezone.as_deref();
+    let schedule = match &s.cron {
+        Some(cron) => Some(Schedule::parse(cron, zone).map_err(refused)?),
+        // A zone without a schedule does nothing, but a typo in it is still worth saying.
+        None => {
+            Zone::parse(zone).map_err(refused)?;
+            None
         }
-    }
-    if let Some(tz) = &s.timezone {
-        if tz.is_empty() || tz.contains(char::is_whitespace) {
-            return Err(cx.invalid(
-                "schedule.timezone",
-                format!("is `{tz}`, which is not a time zone name"),
-                "use an IANA name like \"Europe/Berlin\" or \"UTC\", or remove it for local time",
-            ));
-        }
-    }
+    };
     Ok(ScheduleSettings {
         cron: s.cron,
         timezone: s.timezone,
+        schedule,
         catch_up: s.catch_up,
     })
 }
