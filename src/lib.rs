@@ -24,6 +24,7 @@
 //! - [`record`]: the plain structs a run produces (what the history stores and farmctl shows).
 //! - [`history`]: the embedded SQLite database under the state directory.
 //! - [`cli`]: farmctl's verbs that render records.
+//! - [`control`]: the control socket's protocol, server and client.
 //! - [`process`]: spawning children in their own process group with timeouts.
 //! - [`daemon`]: the long-running service: the loop, the cron [`daemon::schedule`], hooks, and
 //!   the systemd side (sd_notify, journald logging, the logind inhibitor).
@@ -31,6 +32,7 @@
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod git;
 pub mod history;

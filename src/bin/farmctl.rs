@@ -1,29 +1,60 @@
-//! farmctl: the command line for a farm.
+//! farmctl: the command line for a farm. Talks to a running farmd over its control socket;
+//! `history`, `show` and `log` read the state directory directly when no daemon runs (after
+//! `farmd --once`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use nixfarm::cli::report::{self, exit};
-use nixfarm::config;
+use nixfarm::cli::status::ProgressPrinter;
+use nixfarm::cli::style::Style;
+use nixfarm::config::{self, Settings};
+use nixfarm::control::client::{self, ClientError};
+use nixfarm::control::protocol::{Event, Reply, Request};
 use nixfarm::history::History;
+use nixfarm::record::{RunRecord, RunStatus};
+use nixfarm::types::MachineName;
 
 #[derive(Parser)]
 #[command(version, about = "Control and inspect a nixfarm build farm")]
 struct Args {
-    /// The farm's config file (for the state directory).
+    /// The farm's config file (for the socket and the state directory).
     #[arg(long, short, global = true, default_value = config::DEFAULT_CONFIG_PATH)]
     config: PathBuf,
+    /// The control socket (default: `[control] socket` of the config).
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Validate a config file and print the effective settings (defaults filled in).
-    CheckConfig {
-        /// The file to check (default: --config).
-        path: Option<PathBuf>,
+    /// Ask farmd for a run now (queued after the active run, if any).
+    Trigger {
+        /// Only this machine (repeatable; default: all).
+        #[arg(long = "machine", short = 'm')]
+        machines: Vec<MachineName>,
+        /// Skip `nix flake update`: build the branch as it is.
+        #[arg(long)]
+        no_update: bool,
+        /// Follow the run until it ends; exit 0 if every machine built, 1 if not, 2 if farmd
+        /// is unreachable.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// What farmd is doing, when it runs next, and every machine's last success.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop the active run (its nix processes are killed; the run is recorded as cancelled).
+    Cancel {
+        #[arg(long)]
+        json: bool,
     },
     /// List recent runs, newest first.
     History {
@@ -40,12 +71,31 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a machine's build log of a run.
+    Log {
+        run: i64,
+        machine: MachineName,
+        /// Keep printing while the run is active.
+        #[arg(long, short)]
+        follow: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate a config file and print the effective settings (defaults filled in).
+    CheckConfig {
+        /// The file to check (default: --config).
+        path: Option<PathBuf>,
+    },
 }
 
 fn main() {
     let args = Args::parse();
     report::init_stderr_logging("warn");
-    let code = match run(args) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("cannot start the tokio runtime");
+    let code = match runtime.block_on(run(args)) {
         Ok(code) => code,
         Err(e) => {
             report::print_error(&e);
@@ -59,47 +109,259 @@ fn main() {
     std::process::exit(code);
 }
 
-fn run(args: Args) -> anyhow::Result<i32> {
-    let style = nixfarm::cli::style::Style::terminal(report::stdout_color());
+/// Where to find the daemon and its state.
+struct Target {
+    socket: PathBuf,
+    settings: Option<Settings>,
+    config: PathBuf,
+}
+
+impl Target {
+    fn new(args: &Args) -> anyhow::Result<Target> {
+        // A missing default config is fine for socket verbs (the default socket is used);
+        // a broken one is not.
+        let settings = match config::load(&args.config) {
+            Ok(s) => Some(s),
+            Err(config::ConfigError::NotFound { .. }) if args.socket.is_some() => None,
+            Err(config::ConfigError::NotFound { .. })
+                if args.config == Path::new(config::DEFAULT_CONFIG_PATH) =>
+            {
+                None
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let socket = args
+            .socket
+            .clone()
+            .or_else(|| settings.as_ref().map(|s| s.control.socket.clone()))
+            .unwrap_or_else(|| PathBuf::from("/run/farmd/control.sock"));
+        Ok(Target {
+            socket,
+            settings,
+            config: args.config.clone(),
+        })
+    }
+
+    /// The history database, for when no daemon answers.
+    fn history(&self) -> anyhow::Result<History> {
+        let settings = self.settings.as_ref().with_context(|| {
+            format!(
+                "farmd is not running and there is no config at `{}` to find its state directory; pass --config",
+                self.config.display()
+            )
+        })?;
+        History::open(&settings.state.dir).with_context(|| {
+            format!(
+                "cannot open the history in `{}`",
+                settings.state.dir.display()
+            )
+        })
+    }
+}
+
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn exit_for(record: &RunRecord) -> i32 {
+    match record.status {
+        RunStatus::Succeeded => exit::OK,
+        RunStatus::Failed => exit::FAILED,
+        RunStatus::Cancelled => exit::CANCELLED,
+        _ => exit::ERROR,
+    }
+}
+
+/// Calls the daemon; `None` when it is unreachable (the caller decides what that means).
+async fn call(
+    target: &Target,
+    request: Request,
+    on_event: impl FnMut(&Event),
+) -> anyhow::Result<Option<Reply>> {
+    match client::call(&target.socket, request, on_event).await {
+        Ok(reply) => Ok(Some(reply)),
+        Err(e) if e.is_unreachable() => {
+            tracing::debug!(error = %e, "farmd unreachable");
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn unreachable(target: &Target) -> anyhow::Error {
+    anyhow::anyhow!(ClientError::Unreachable {
+        path: target.socket.display().to_string(),
+        source: std::io::Error::from(std::io::ErrorKind::NotFound),
+    })
+}
+
+async fn run(args: Args) -> anyhow::Result<i32> {
+    let style = Style::terminal(report::stdout_color());
+    if let Command::CheckConfig { path } = &args.command {
+        let path = path.clone().unwrap_or(args.config.clone());
+        let settings = config::load(&path)?;
+        println!("# {} is valid; effective settings:", path.display());
+        print!("{}", nixfarm::cli::check_config::render(&settings));
+        return Ok(exit::OK);
+    }
+    let target = Target::new(&args)?;
     match args.command {
-        Command::CheckConfig { path } => {
-            let path = path.unwrap_or(args.config);
-            let settings = config::load(&path)?;
-            println!("# {} is valid; effective settings:", path.display());
-            print!("{}", nixfarm::cli::check_config::render(&settings));
+        Command::CheckConfig { .. } => unreachable!("handled above"),
+        Command::Trigger {
+            machines,
+            no_update,
+            wait,
+            json,
+        } => {
+            let mut printer = ProgressPrinter::default();
+            let request = Request::Trigger {
+                machines,
+                no_update,
+                wait,
+            };
+            let reply = call(&target, request, |event| {
+                if !json {
+                    print!("{}", printer.lines(event, &style));
+                }
+            })
+            .await?;
+            let Some(Reply::Triggered {
+                ticket,
+                position,
+                record,
+            }) = reply
+            else {
+                report::print_error(&unreachable(&target));
+                return Ok(exit::ERROR);
+            };
+            if json {
+                print_json(&serde_json::json!({
+                    "ticket": ticket, "position": position, "record": record,
+                }))?;
+            } else if record.is_none() {
+                print!(
+                    "{}",
+                    nixfarm::cli::status::render_accepted(ticket, position)
+                );
+            }
+            Ok(match record {
+                Some(record) => {
+                    if !json {
+                        print!("{}", nixfarm::cli::history::render_summary(&record, &style));
+                    }
+                    exit_for(&record)
+                }
+                None => exit::OK,
+            })
+        }
+        Command::Status { json } => {
+            let Some(Reply::Status(status)) = call(&target, Request::Status {}, |_| {}).await?
+            else {
+                report::print_error(&unreachable(&target));
+                return Ok(exit::ERROR);
+            };
+            if json {
+                print_json(&status)?;
+            } else {
+                let now = chrono::Utc::now().timestamp();
+                print!(
+                    "{}",
+                    nixfarm::cli::status::render_status(&status, &style, now)
+                );
+            }
+            Ok(exit::OK)
+        }
+        Command::Cancel { json } => {
+            let Some(Reply::Cancelled { run }) = call(&target, Request::Cancel {}, |_| {}).await?
+            else {
+                report::print_error(&unreachable(&target));
+                return Ok(exit::ERROR);
+            };
+            if json {
+                print_json(&serde_json::json!({ "cancelled": run }))?;
+            } else {
+                match run {
+                    Some(run) => println!("cancelling run {run}"),
+                    None => println!("no run is active"),
+                }
+            }
             Ok(exit::OK)
         }
         Command::History { limit, json } => {
-            let history = open_history(&args.config)?;
-            let runs = history.list(limit)?;
+            let runs = match call(&target, Request::History { limit }, |_| {}).await? {
+                Some(Reply::History { runs }) => runs,
+                _ => target.history()?.list(limit)?,
+            };
             if json {
-                println!("{}", serde_json::to_string_pretty(&runs)?);
+                print_json(&runs)?;
             } else {
                 print!("{}", nixfarm::cli::history::render_list(&runs, &style));
             }
             Ok(exit::OK)
         }
         Command::Show { run, json } => {
-            let history = open_history(&args.config)?;
-            let record = history
-                .get(run)?
-                .with_context(|| format!("there is no run {run}; `farmctl history` lists them"))?;
+            let record = match call(&target, Request::Show { run }, |_| {}).await? {
+                Some(Reply::Show { record }) => *record,
+                _ => target.history()?.get(run)?.with_context(|| {
+                    format!("there is no run {run}; `farmctl history` lists them")
+                })?,
+            };
             if json {
-                println!("{}", serde_json::to_string_pretty(&record)?);
+                print_json(&record)?;
             } else {
                 print!("{}", nixfarm::cli::history::render_run(&record, &style));
             }
             Ok(exit::OK)
         }
+        Command::Log {
+            run,
+            machine,
+            follow,
+            json,
+        } => {
+            let mut text = String::new();
+            let request = Request::Log {
+                run,
+                machine: machine.clone(),
+                follow,
+            };
+            let reply = call(&target, request, |event| {
+                if let Event::Log { text: chunk } = event {
+                    if json {
+                        text.push_str(chunk);
+                    } else {
+                        print!("{chunk}");
+                    }
+                }
+            })
+            .await?;
+            if reply.is_none() {
+                // No daemon: read the log file the history points at.
+                let record = target.history()?.get(run)?.with_context(|| {
+                    format!("there is no run {run}; `farmctl history` lists them")
+                })?;
+                let m = record
+                    .machines
+                    .iter()
+                    .find(|m| m.name == machine)
+                    .with_context(|| format!("run {run} has no machine `{machine}`"))?;
+                let path = m
+                    .log_path
+                    .as_deref()
+                    .with_context(|| format!("run {run} kept no log for `{machine}`"))?;
+                let chunk = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read `{path}`"))?;
+                if json {
+                    text = chunk;
+                } else {
+                    print!("{chunk}");
+                }
+            }
+            if json {
+                print_json(&serde_json::json!({ "run": run, "machine": machine, "log": text }))?;
+            }
+            Ok(exit::OK)
+        }
     }
-}
-
-fn open_history(config_path: &std::path::Path) -> anyhow::Result<History> {
-    let settings = config::load(config_path)?;
-    History::open(&settings.state.dir).with_context(|| {
-        format!(
-            "cannot open the history in `{}`",
-            settings.state.dir.display()
-        )
-    })
 }

@@ -6,4 +6,5 @@
 pub mod check_config;
 pub mod history;
 pub mod report;
+pub mod status;
 pub mod style;

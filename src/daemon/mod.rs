@@ -7,3 +7,4 @@
 pub mod hooks;
 pub mod notify;
 pub mod schedule;
+pub mod service;

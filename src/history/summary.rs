@@ -9,7 +9,7 @@ use crate::types::{MachineName, StorePath};
 
 use super::codec::{enum_str, Kebab, Parsed};
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MachineSummary {
     pub name: MachineName,
     /// As of its latest run.
@@ -30,7 +30,7 @@ pub struct MachineSummary {
     pub failures_since_success: u32,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LastSuccess {
     pub run: RunId,
     /// When that run started (unix seconds).

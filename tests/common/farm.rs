@@ -77,6 +77,11 @@ impl Farm {
                 "state",
                 "dir",
                 &toml_str(dir.path().join("state").display().to_string()),
+            )
+            .set(
+                "control",
+                "socket",
+                &toml_str(dir.path().join("control.sock").display().to_string()),
             );
         Farm {
             dir,
@@ -87,6 +92,10 @@ impl Farm {
 
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("control.sock")
     }
 
     pub fn state(&self) -> PathBuf {

@@ -16,12 +16,14 @@
 
 #![allow(dead_code, unused_imports)] // each test binary uses a different part of the bed
 
+mod daemon;
 mod env;
 mod farm;
 mod fleet;
 mod process;
 mod sshd;
 
+pub use daemon::RunningFarmd;
 pub use env::{NixEnv, BED_GIT_IDENTITY, NIX_CONFIG};
 pub use farm::{machine, toml_str, Farm, FarmConfig};
 pub use fleet::{lock_rev_of_pkgs, Fleet, DEFAULT_MACHINES};
