@@ -5,4 +5,5 @@
 //! a run. The service loop that drives them (schedule, control socket, signals) lives beside
 //! them and owns the decisions of when to call what.
 
+pub mod logging;
 pub mod notify;
