@@ -5,5 +5,6 @@
 //! a run. The service loop that drives them (schedule, control socket, signals) lives beside
 //! them and owns the decisions of when to call what.
 
+pub mod inhibit;
 pub mod logging;
 pub mod notify;
