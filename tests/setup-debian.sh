@@ -10,6 +10,8 @@ packages=(
   openssh-client
   nginx-light        # serves the cache to the real Nix client over HTTP
   sqlite3            # to inspect the history by hand
+  dbus-daemon        # a private bus for the logind inhibitor test (tests/inhibit.rs)
+  util-linux         # unshare: the journald test's private mount namespace
   build-essential pkg-config libssl-dev  # libgit2 / libssh2 / sqlite are built from source by cargo
   ca-certificates
 )

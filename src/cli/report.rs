@@ -39,14 +39,8 @@ pub fn stdout_color() -> bool {
     std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
 }
 
-/// Human-readable logs to stderr (journald support arrives with the daemon).
+/// Human-readable logs to stderr, filtered by `FARMD_LOG` (else `default`). farmd's journald
+/// logging is [`crate::daemon::logging::init`]; this is the same set-up pinned to stderr.
 pub fn init_stderr_logging(default: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("FARMD_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .try_init();
+    crate::daemon::logging::init_with_filter(crate::daemon::logging::Mode::Stderr, default);
 }
