@@ -257,7 +257,7 @@ async fn handle(
                 .log_path
                 .clone()
                 .with_context(|| format!("run {run} kept no log for `{machine}`"))?;
-            stream_log(Path::new(&path), follow.then(|| (daemon, run)), write).await
+            stream_log(Path::new(&path), follow.then_some((daemon, run)), write).await
         }
     }
 }

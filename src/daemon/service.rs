@@ -255,7 +255,8 @@ impl Daemon {
 
     async fn run(self: &Arc<Self>, queued: Queued, cancel: CancellationToken) {
         let settings = self.settings();
-        let inhibitor: Option<()> = None; // PENDING-INHIBIT
+        // Held until the run is recorded: the host must not suspend mid-upload.
+        let inhibitor = super::inhibit::Inhibitor::default().take().await;
         let observer = RunObserver {
             daemon: self.clone(),
             tickets: queued.tickets.clone(),
