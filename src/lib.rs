@@ -10,7 +10,7 @@
 //!      update    (nix)      lock changed? new rev
 //!      evaluate  (nix)      Vec<Machine { name, installable, drv }>
 //!      build     (nix)      Vec<BuildOutcome { machine, toplevel | error }>
-//!      publish   (seam)     the static binary cache (next issue)
+//!      publish   (cache)    PublishSummary { per root: closure, uploaded, already cached }
 //!      push      (git)      PushOutcome
 //!      record    (history)  RunRecord in SQLite
 //! ```
@@ -20,7 +20,8 @@
 //! - [`nix`]: the one wrapper around the `nix` CLI; nothing else spawns `nix`.
 //! - [`git`]: clone/fetch/reset/push with git2, host-key checking against known_hosts.
 //! - [`run`]: the pipeline and its phases (`evaluate`, `build`).
-//! - [`cache`]: the static binary cache's formats: NAR, hashes, compression, keys, narinfo.
+//! - [`cache`]: the static binary cache: its formats (NAR, hashes, compression, keys, narinfo),
+//!   the transport seam (`backend`), the publisher (`publish`) and `verify`.
 //! - [`record`]: the plain structs a run produces (what the history stores and farmctl shows).
 //! - [`history`]: the embedded SQLite database under the state directory.
 //! - [`cli`]: farmctl's verbs that render records.

@@ -15,6 +15,10 @@ use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
 use crate::process::{self, Limits, Outcome};
+use crate::types::StorePath;
+
+pub mod path_info;
+pub use path_info::PathInfo;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NixError {
@@ -270,6 +274,51 @@ pub fn limits<'a>(
 pub struct BuildResult {
     pub drv_path: String,
     pub outputs: std::collections::BTreeMap<String, String>,
+}
+
+/// Builds (or finds already built) `installables` without a GC root and returns every output
+/// path (`nix build --no-link --json`; Nix 2.8 has no `--print-out-paths`).
+pub async fn build_outputs(
+    opts: &NixOptions,
+    installables: &[String],
+    limits: Limits<'_>,
+) -> Result<Vec<StorePath>, NixError> {
+    let cmd = NixCommand::new(opts)
+        .args(["build", "--no-link", "--json"])
+        .args(installables);
+    let results: Vec<BuildResult> = cmd.json(limits).await?;
+    results
+        .into_iter()
+        .flat_map(|r| r.outputs.into_values())
+        .map(|p| {
+            p.parse()
+                .map_err(|e: crate::types::InvalidStorePath| NixError::BadOutput {
+                    command: cmd.to_string(),
+                    error: e.to_string(),
+                })
+        })
+        .collect()
+}
+
+/// The build log Nix keeps for `drv` (`nix log DRV`), or `None` when it has none.
+pub async fn build_log(
+    opts: &NixOptions,
+    drv: &StorePath,
+    limits: Limits<'_>,
+) -> Result<Option<Vec<u8>>, NixError> {
+    match NixCommand::new(opts)
+        .args(["log", drv.as_str()])
+        .output(limits)
+        .await
+    {
+        Ok(text) => Ok(Some(text)),
+        Err(NixError::Failed { stderr_tail, .. })
+            if stderr_tail.contains("build log") && stderr_tail.contains("not available") =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use nixfarm::cli;
 use nixfarm::cli::report::{self, exit};
 use nixfarm::cli::status::ProgressPrinter;
 use nixfarm::cli::style::Style;
@@ -64,6 +65,33 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Publish the closures of installables or store paths to the binary cache, signed with
+    /// the config's keys (like `nix copy --to`, closure-complete at every instant).
+    Publish {
+        /// Flake installables (built if needed) or store paths.
+        #[arg(required = true, value_name = "INSTALLABLE|STORE_PATH")]
+        paths: Vec<String>,
+        /// The cache URL (default: `[cache] url` of the config).
+        #[arg(long, value_name = "URL")]
+        to: Option<String>,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create a Nix binary cache key pair (as `nix-store --generate-binary-cache-key`).
+    Keygen {
+        /// The key's name, e.g. `cache.example.org-1`.
+        name: String,
+        #[arg(long, value_name = "PATH")]
+        secret_key_file: PathBuf,
+        #[arg(long, value_name = "PATH")]
+        public_key_file: PathBuf,
+    },
+    /// Binary cache maintenance.
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
+    },
     /// Show one run: phases, machines, errors and log tails.
     Show {
         /// The run's id (see `farmctl history`).
@@ -88,10 +116,27 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// Check every narinfo's signature, that every reference's narinfo and every NAR (with
+    /// its FileSize) is there; `--deep` re-hashes every NAR. Exits 1 listing the problems.
+    Verify {
+        /// The cache URL (default: `[cache] url` of the config).
+        #[arg(long, value_name = "URL")]
+        to: Option<String>,
+        /// A key to accept (`name:base64`; default: the public halves of the config's keys).
+        #[arg(long = "trusted-public-key", value_name = "KEY")]
+        trusted_public_keys: Vec<String>,
+        /// Also download each NAR and check FileHash, NarHash and NarSize.
+        #[arg(long)]
+        deep: bool,
+    },
+}
+
 fn main() {
     let args = Args::parse();
     report::init_stderr_logging("warn");
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("cannot start the tokio runtime");
@@ -198,16 +243,82 @@ fn unreachable(target: &Target) -> anyhow::Error {
 
 async fn run(args: Args) -> anyhow::Result<i32> {
     let style = Style::terminal(report::stdout_color());
-    if let Command::CheckConfig { path } = &args.command {
-        let path = path.clone().unwrap_or(args.config.clone());
-        let settings = config::load(&path)?;
-        println!("# {} is valid; effective settings:", path.display());
-        print!("{}", nixfarm::cli::check_config::render(&settings));
-        return Ok(exit::OK);
+    // Verbs that need no daemon.
+    match &args.command {
+        Command::CheckConfig { path } => {
+            let path = path.clone().unwrap_or(args.config.clone());
+            let settings = config::load(&path)?;
+            println!("# {} is valid; effective settings:", path.display());
+            print!("{}", nixfarm::cli::check_config::render(&settings));
+            return Ok(exit::OK);
+        }
+        Command::Publish { paths, to, json } => {
+            let settings = config::load(&args.config)?;
+            let cancel = cancel_on_ctrl_c();
+            let summary = cli::cache::publish(&settings, paths, to.as_deref(), &cancel).await?;
+            if *json {
+                print_json(&summary)?;
+            } else {
+                print!("{summary}");
+            }
+            return Ok(if summary.is_complete() {
+                exit::OK
+            } else {
+                exit::FAILED
+            });
+        }
+        Command::Keygen {
+            name,
+            secret_key_file,
+            public_key_file,
+        } => {
+            let public = cli::cache::keygen(name, secret_key_file, public_key_file)?;
+            println!(
+                "wrote the secret key to {} (mode 0600) and the public key to {};\n\
+                 trust it on the fleet with: trusted-public-keys = {public}",
+                secret_key_file.display(),
+                public_key_file.display()
+            );
+            return Ok(exit::OK);
+        }
+        Command::Cache {
+            command:
+                CacheCommand::Verify {
+                    to,
+                    trusted_public_keys,
+                    deep,
+                },
+        } => {
+            let settings = config::load(&args.config)?;
+            let report =
+                cli::cache::verify(&settings, to.as_deref(), trusted_public_keys, *deep).await?;
+            for p in &report.problems {
+                println!("{p}");
+            }
+            println!(
+                "{} narinfos checked{}, {} problems",
+                report.narinfos,
+                if *deep {
+                    format!(" ({} NARs re-hashed)", report.nars_hashed)
+                } else {
+                    String::new()
+                },
+                report.problems.len()
+            );
+            return Ok(if report.problems.is_empty() {
+                exit::OK
+            } else {
+                exit::FAILED
+            });
+        }
+        _ => {}
     }
     let target = Target::new(&args)?;
     match args.command {
-        Command::CheckConfig { .. } => unreachable!("handled above"),
+        Command::CheckConfig { .. }
+        | Command::Publish { .. }
+        | Command::Keygen { .. }
+        | Command::Cache { .. } => unreachable!("handled above"),
         Command::Trigger {
             machines,
             no_update,
@@ -364,4 +475,28 @@ async fn run(args: Args) -> anyhow::Result<i32> {
             Ok(exit::OK)
         }
     }
+}
+
+/// A token cancelled by Ctrl-C or SIGTERM, so a publish stops cleanly (temporaries removed).
+fn cancel_on_ctrl_c() -> tokio_util::sync::CancellationToken {
+    let token = tokio_util::sync::CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let term = async {
+            match term.as_mut() {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term => {}
+        }
+        t.cancel();
+    });
+    token
 }

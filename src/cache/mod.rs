@@ -13,6 +13,9 @@
 //!  then NarInfo { … } .sign(key) ─► `<hash>.narinfo`, written after its NAR and references
 //! ```
 //!
+//! [`publish`] is the phase that drives it all: what to upload, in which order, with which
+//! keys, and the summary of what it did.
+//!
 //! How the bytes reach the cache directory is [`backend`]'s job: the `CacheBackend` seam with
 //! its SFTP and local-directory transports, the only async, networked part of this module.
 
@@ -21,7 +24,9 @@ mod compress;
 mod hash;
 mod nar;
 mod narinfo;
+pub mod publish;
 mod signing;
+pub mod verify;
 
 pub use compress::{compressor, Compression, Compressor};
 pub use hash::{nixbase32, FileHash, HashingWriter, InvalidHash, NarHash};

@@ -3,6 +3,7 @@
 //! `String`; the binaries print them. Parsing arguments, talking to the daemon and choosing exit
 //! codes stay in `src/bin/`.
 
+pub mod cache;
 pub mod check_config;
 pub mod history;
 pub mod report;

@@ -8,6 +8,8 @@
 //!   fail, fail evaluation, or sleep.
 //! - [`Sshd`] (`sshd.rs`): a throwaway OpenSSH server on 127.0.0.1 for git over ssh, SFTP and
 //!   Nix remote builds.
+//! - [`Nginx`] (`nginx.rs`): a real nginx on 127.0.0.1 serving a cache directory over HTTP.
+//! - [`CacheBed`] (`cache.rs`): a fleet + sshd + farm publishing over SFTP, and cache checks.
 //! - [`Farm`] (`farm.rs`): a config for a fleet, a state dir, and the real farmd/farmctl.
 //! - `process.rs`: running commands and panicking with their whole output on failure.
 //!
@@ -16,17 +18,21 @@
 
 #![allow(dead_code, unused_imports)] // each test binary uses a different part of the bed
 
+mod cache;
 mod daemon;
 mod env;
 mod farm;
 mod fleet;
+mod nginx;
 mod process;
 mod sshd;
 
+pub use cache::{closure_problems, substitute, temporaries, CacheBed};
 pub use daemon::RunningFarmd;
 pub use env::{NixEnv, BED_GIT_IDENTITY, NIX_CONFIG};
 pub use farm::{machine, toml_str, Farm, FarmConfig};
 pub use fleet::{lock_rev_of_pkgs, Fleet, DEFAULT_MACHINES};
+pub use nginx::Nginx;
 pub use process::{run, run_unchecked, stderr_of, stdout_of};
 pub use sshd::Sshd;
 

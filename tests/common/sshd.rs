@@ -186,6 +186,27 @@ impl Sshd {
         std::fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
     }
 
+    /// Kills the per-connection sshd processes (children of ours, by pid), cutting every
+    /// session mid-flight, as a network failure or a rebooting cache host would.
+    pub fn cut_sessions(&self) {
+        let parent = self.child.id().to_string();
+        for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // pid (comm) state ppid …; comm may contain spaces: split after the last ')'.
+            let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+            if after.split_whitespace().nth(1) == Some(parent.as_str()) {
+                if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                }
+            }
+        }
+    }
+
     fn write_client_files(&self) {
         let d = self.dir.path();
         let wrong = public_key_of(&d.join("wrong_host_key.pub"));

@@ -117,7 +117,8 @@ pub trait Upload: Send {
 pub const TEMP_PREFIX: &str = ".tmp-farmd-";
 
 /// A temporary name for `path` in the same directory (so renaming it into place is atomic):
-/// `dir/.tmp-farmd-<pid>-<random>-<name>`. The pid tells cleanup whose it was; the random
+/// `dir/.tmp-farmd-<host>-<pid>-<random>-<name>`. The host tag and pid tell the next run's
+/// cleanup whose it was (a dead process on this same host: remove it at once); the random
 /// part keeps concurrent uploads of the same file apart.
 pub fn temp_name(path: &str) -> Result<String, BackendError> {
     check_path(path, false)?;
@@ -131,7 +132,11 @@ pub fn temp_name(path: &str) -> Result<String, BackendError> {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64)
     });
-    let tmp = format!("{TEMP_PREFIX}{}-{random:016x}-{name}", std::process::id());
+    let tmp = format!(
+        "{TEMP_PREFIX}{}-{}-{random:016x}-{name}",
+        host_tag(),
+        std::process::id()
+    );
     Ok(match dir {
         Some(dir) => format!("{dir}/{tmp}"),
         None => tmp,
@@ -141,6 +146,55 @@ pub fn temp_name(path: &str) -> Result<String, BackendError> {
 /// Whether a directory entry's name is one of our temporary files.
 pub fn is_temp_name(name: &str) -> bool {
     name.starts_with(TEMP_PREFIX)
+}
+
+/// Who wrote a temporary file, read back from its name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TempOwner {
+    /// [`host_tag`] of the writer's machine.
+    pub host: String,
+    pub pid: u32,
+}
+
+/// The writer of a temporary file named by [`temp_name`]; `None` for another shape (an
+/// older farmd's, or not ours).
+pub fn temp_owner(name: &str) -> Option<TempOwner> {
+    let rest = name.strip_prefix(TEMP_PREFIX)?;
+    let mut parts = rest.splitn(4, '-');
+    let host = parts.next()?;
+    let pid = parts.next()?.parse().ok()?;
+    let random = parts.next()?;
+    parts.next()?;
+    if host.len() != 12 || !host.bytes().all(|b| b.is_ascii_hexdigit()) || random.len() != 16 {
+        return None;
+    }
+    Some(TempOwner {
+        host: host.to_owned(),
+        pid,
+    })
+}
+
+/// 12 hex digits naming this machine: from `/etc/machine-id` (stable, unique per install),
+/// else a hash of the host name. Not secret: it only tells "written from this host".
+pub fn host_tag() -> &'static str {
+    static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TAG.get_or_init(|| {
+        let id = std::fs::read_to_string("/etc/machine-id")
+            .ok()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| s.len() >= 12 && s.bytes().all(|b| b.is_ascii_hexdigit()));
+        match id {
+            Some(id) => id[..12].to_ascii_lowercase(),
+            None => {
+                let host = rustix::system::uname();
+                let digest = crate::cache::NarHash::digest(host.nodename().to_bytes());
+                digest.as_bytes()[..6]
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect()
+            }
+        }
+    })
 }
 
 /// Checks a cache-relative path: no leading `/`, no empty, `.` or `..` components. `""` (the
@@ -208,14 +262,22 @@ impl From<&CacheSettings> for SshOptions {
 
 /// Connect to the cache and make sure its directories exist: the root, `nar/` and `log/`.
 pub async fn open(url: &CacheUrl, ssh: &SshOptions) -> Result<Arc<dyn CacheBackend>, BackendError> {
-    let backend: Arc<dyn CacheBackend> = match url {
-        CacheUrl::File { root } => Arc::new(LocalBackend::new(root.clone())),
-        CacheUrl::Sftp(target) => Arc::new(SftpBackend::connect(target, ssh).await?),
-    };
+    let backend = connect(url, ssh).await?;
     for dir in ["", "nar", "log"] {
         backend.mkdir_all(dir).await?;
     }
     Ok(backend)
+}
+
+/// Connect to the cache without creating anything (for readers such as `cache verify`).
+pub async fn connect(
+    url: &CacheUrl,
+    ssh: &SshOptions,
+) -> Result<Arc<dyn CacheBackend>, BackendError> {
+    Ok(match url {
+        CacheUrl::File { root } => Arc::new(LocalBackend::new(root.clone())),
+        CacheUrl::Sftp(target) => Arc::new(SftpBackend::connect(target, ssh).await?),
+    })
 }
 
 #[cfg(test)]
@@ -230,6 +292,12 @@ mod tests {
         assert!(is_temp_name(name), "{name}");
         assert!(name.ends_with("-abc.nar.zst"), "{name}");
         assert!(name.contains(&format!("-{}-", std::process::id())));
+        let owner = temp_owner(name).unwrap();
+        assert_eq!(
+            (owner.host.as_str(), owner.pid),
+            (host_tag(), std::process::id())
+        );
+        assert_eq!(temp_owner(".tmp-farmd-123-abc-x"), None);
         assert_ne!(tmp, temp_name("nar/abc.nar.zst").unwrap());
         assert!(is_temp_name(&temp_name("x.narinfo").unwrap()));
         assert!(!is_temp_name("x.narinfo"));
