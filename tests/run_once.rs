@@ -251,7 +251,9 @@ fn a_machine_past_its_timeout_is_killed_with_its_whole_process_group() {
     let fleet = Fleet::new();
     fleet.set_sleep("alpha", 120);
     let mut farm = Farm::new(&fleet);
-    farm.config.set("build", "timeout", &toml_str("3s"));
+    // Not shorter: a machine waiting for a path another nix is building polls every 5 s
+    // (Nix's pollInterval), and beta shares paths with alpha.
+    farm.config.set("build", "timeout", &toml_str("15s"));
 
     let started = Instant::now();
     let out = farm.once(&fleet);
