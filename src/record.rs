@@ -175,6 +175,10 @@ pub struct MachineRecord {
     pub log_tail: Option<String>,
     /// The full log under the state directory.
     pub log_path: Option<String>,
+    /// What publishing its closure did: paths and bytes in the closure, uploaded, already
+    /// cached (None when there is no cache or the machine did not build).
+    #[serde(default)]
+    pub publish: Option<crate::cache::publish::RootSummary>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -219,6 +223,9 @@ pub struct RunRecord {
     pub error: Option<String>,
     pub phases: Vec<PhaseTiming>,
     pub machines: Vec<MachineRecord>,
+    /// The publish phase's totals (per-machine figures are in `machines[].publish`).
+    #[serde(default)]
+    pub publish: Option<crate::cache::publish::PublishSummary>,
 }
 
 impl RunRecord {

@@ -113,6 +113,9 @@ pub fn render_run(run: &RunRecord, style: &Style) -> String {
             "unchanged"
         },
     );
+    if let Some(p) = &run.publish {
+        field("publish", &publish_line(p));
+    }
     field("push", &push(run.push.as_ref()));
 
     if !run.phases.is_empty() {
@@ -204,12 +207,30 @@ pub fn render_summary(run: &RunRecord, style: &Style) -> String {
             error.trim_end()
         );
     }
+    if let Some(p) = &run.publish {
+        let _ = writeln!(out, "publish: {}", publish_line(p));
+    }
     if let Some(outcome) = &run.push {
         let _ = writeln!(out, "push: {}", push(Some(outcome)));
     }
     out.push_str(&log_locations(run));
     let _ = writeln!(out, "details: farmctl show {}", run.id);
     out
+}
+
+/// `640 paths (450.0 MiB) in the closures: 97 uploaded (28.1 MiB compressed), 543 already
+/// cached, in 1.2s`.
+fn publish_line(p: &crate::cache::publish::PublishSummary) -> String {
+    use crate::cache::publish::bytes;
+    format!(
+        "{} paths ({}) in the closures: {} uploaded ({} compressed), {} already cached, in {}",
+        p.closure_paths,
+        bytes(p.closure_nar_bytes),
+        p.uploaded_paths,
+        bytes(p.uploaded_file_bytes),
+        p.already_cached,
+        duration_ms(p.duration_ms)
+    )
 }
 
 fn built_count(run: &RunRecord) -> usize {

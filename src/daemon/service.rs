@@ -500,6 +500,7 @@ mod tests {
             error: None,
             log_tail: None,
             log_path: None,
+            publish: None,
         }
     }
 

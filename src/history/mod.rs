@@ -161,7 +161,7 @@ impl History {
             let updated = tx.execute(
                 "UPDATE runs SET trigger = ?2, requested_by = ?3, started_at = ?4,
                     finished_at = ?5, status = ?6, rev_before = ?7, rev_after = ?8,
-                    lock_changed = ?9, push = ?10, error = ?11, phases = ?12
+                    lock_changed = ?9, push = ?10, error = ?11, phases = ?12, publish = ?13
                  WHERE id = ?1",
                 params![
                     record.id,
@@ -176,6 +176,7 @@ impl History {
                     record.push.as_ref().map(Json),
                     record.error,
                     Json(&record.phases),
+                    record.publish.as_ref().map(Json),
                 ],
             )?;
             if updated == 0 {
@@ -185,8 +186,8 @@ impl History {
             {
                 let mut insert = tx.prepare_cached(
                     "INSERT INTO machines (run_id, name, position, kind, status, attribute,
-                        drv_path, toplevel, duration_ms, error, log_tail, log_path)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                        drv_path, toplevel, duration_ms, error, log_tail, log_path, publish)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
                 )?;
                 for (position, m) in record.machines.iter().enumerate() {
                     insert.execute(params![
@@ -202,6 +203,7 @@ impl History {
                         m.error,
                         m.log_tail,
                         m.log_path,
+                        m.publish.as_ref().map(Json),
                     ])?;
                 }
             }
@@ -301,7 +303,7 @@ impl History {
 }
 
 const RUN_COLUMNS: &str = "id, trigger, requested_by, started_at, finished_at, status, \
-    rev_before, rev_after, lock_changed, push, error, phases";
+    rev_before, rev_after, lock_changed, push, error, phases, publish";
 
 /// A run row as selected with [`RUN_COLUMNS`]; its machines are read by [`with_machines`].
 fn run_from_row(row: &Row<'_>) -> rusqlite::Result<RunRecord> {
@@ -319,6 +321,7 @@ fn run_from_row(row: &Row<'_>) -> rusqlite::Result<RunRecord> {
         error: row.get(10)?,
         phases: row.get::<_, Json<_>>(11)?.0,
         machines: Vec::new(),
+        publish: row.get::<_, Option<Json<_>>>(12)?.map(|j| j.0),
     })
 }
 
@@ -326,7 +329,7 @@ fn with_machines(conn: &Connection, mut run: RunRecord) -> rusqlite::Result<RunR
     run.machines = conn
         .prepare_cached(
             "SELECT name, kind, status, attribute, drv_path, toplevel, duration_ms, error,
-                log_tail, log_path
+                log_tail, log_path, publish
              FROM machines WHERE run_id = ?1 ORDER BY position",
         )?
         .query_map([run.id], |row| {
@@ -341,6 +344,7 @@ fn with_machines(conn: &Connection, mut run: RunRecord) -> rusqlite::Result<RunR
                 error: row.get(7)?,
                 log_tail: row.get(8)?,
                 log_path: row.get(9)?,
+                publish: row.get::<_, Option<Json<_>>>(10)?.map(|j| j.0),
             })
         })?
         .collect::<rusqlite::Result<_>>()?;

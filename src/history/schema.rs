@@ -40,6 +40,9 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (run_id, name)
     );
     CREATE INDEX machines_by_name ON machines (name, run_id);",
+    // 2: what the publish phase did, per run and per machine (always read whole: JSON).
+    "ALTER TABLE runs ADD COLUMN publish TEXT;
+    ALTER TABLE machines ADD COLUMN publish TEXT;",
 ];
 
 /// What [`migrate`] found.

@@ -26,6 +26,7 @@ fn machine(name: &str, kind: MachineKind, status: MachineStatus) -> MachineRecor
         error: (!ok).then(|| format!("{name} went wrong\nsecond line")),
         log_tail: (!ok).then(|| "line 1\nline 2".to_owned()),
         log_path: Some(format!("/var/lib/farmd/logs/{name}.log")),
+        publish: None,
     }
 }
 
@@ -54,6 +55,7 @@ fn full_record(id: RunId) -> RunRecord {
             message: "remote moved on".to_owned(),
         }),
         error: Some("a run error\n -> its cause".to_owned()),
+        publish: None,
         phases: [
             Phase::Checkout,
             Phase::Update,
@@ -111,6 +113,7 @@ fn begin_records_a_running_run() {
             lock_changed: false,
             push: None,
             error: None,
+            publish: None,
             phases: vec![],
             machines: vec![],
         }
@@ -379,6 +382,7 @@ fn run_with(history: &History, started_at: i64, outcomes: &[(&str, MachineStatus
         lock_changed: false,
         push: None,
         error: None,
+        publish: None,
         phases: vec![],
         machines: outcomes
             .iter()

@@ -90,6 +90,7 @@ pub async fn run_once(farm: &Farm<'_>, request: RunRequest) -> anyhow::Result<Ru
             error: None,
             phases: Vec::new(),
             machines: Vec::new(),
+            publish: None,
         },
     };
     let span = tracing::info_span!("run", run = id);
@@ -182,26 +183,31 @@ impl Run<'_> {
         self.build(&machines).await?;
         self.check_cancelled()?;
 
-        if self.settings().cache.is_some() {
+        if let Some(cache) = self.settings().cache.clone() {
             self.transition_to(Some(Phase::Publish));
-            anyhow::bail!(
-                "publishing to `[cache]` is not available in this version of farmd; remove the [cache] section from {} to build without publishing",
-                self.settings().source.display()
-            );
+            self.publish(&cache).await?;
+            self.check_cancelled()?;
         }
 
         if self.settings().update.push == PushPolicy::Built {
             self.transition_to(Some(Phase::Push));
             let failed = self.record.failed_machines().count();
-            if failed > 0 || self.record.error.is_some() {
+            let unpublished = self
+                .record
+                .publish
+                .as_ref()
+                .is_some_and(|p| !p.is_complete());
+            if failed > 0 || unpublished || self.record.error.is_some() {
                 let why = if failed > 0 {
                     format!("{failed} of {} machines failed", self.record.machines.len())
+                } else if unpublished {
+                    "not every built closure reached the cache".to_owned()
                 } else {
                     "the run reported problems".to_owned()
                 };
                 self.record.push = Some(PushOutcome::Skipped {
                     reason: format!(
-                        "{why}; with push = \"built\" the lock is pushed only when every machine built"
+                        "{why}; with push = \"built\" the lock is pushed only when every machine built and was published"
                     ),
                 });
             } else {
@@ -337,6 +343,7 @@ impl Run<'_> {
                 duration_ms: 0,
                 error: None,
                 log_tail: None,
+                publish: None,
                 log_path: Some(
                     self.layout
                         .machine_log(self.record.id, m.kind, &m.name)
@@ -525,6 +532,72 @@ impl Run<'_> {
                 None
             }
         }
+    }
+
+    /// Phase 5: the union of the built closures into the cache, closure-complete at every
+    /// instant; per-machine figures go into each machine's record.
+    async fn publish(&mut self, cache: &crate::config::CacheSettings) -> anyhow::Result<()> {
+        let built: Vec<&MachineRecord> = self
+            .record
+            .machines
+            .iter()
+            .filter(|m| m.status.is_success())
+            .collect();
+        let roots: Vec<_> = built.iter().filter_map(|m| m.toplevel.clone()).collect();
+        if roots.is_empty() {
+            info!("nothing built: nothing to publish");
+            return Ok(());
+        }
+        let logs: Vec<_> = built
+            .iter()
+            .filter_map(|m| Some((m.drv_path.clone()?, m.log_path.clone()?.into())))
+            .collect();
+        let summary = match crate::cache::publish::publish(
+            cache,
+            &self.nix,
+            &roots,
+            &logs,
+            self.cancel(),
+            &|_| {},
+        )
+        .await
+        {
+            Ok(summary) => summary,
+            Err(e) if e.is::<Cancelled>() => return Err(e),
+            Err(e) => return Err(e.context(format!("cannot publish to `{}`", cache.url))),
+        };
+        info!(
+            paths = summary.closure_paths,
+            uploaded = summary.uploaded_paths,
+            uploaded_bytes = summary.uploaded_file_bytes,
+            cached = summary.already_cached,
+            duration_ms = summary.duration_ms,
+            "published"
+        );
+        for m in &mut self.record.machines {
+            if let Some(top) = &m.toplevel {
+                m.publish = summary.root(top).cloned();
+            }
+        }
+        if !summary.is_complete() {
+            let mut problems: Vec<String> = summary
+                .failed
+                .iter()
+                .map(|f| format!("{}: {}", f.path, f.error))
+                .collect();
+            problems.truncate(10);
+            self.record.error = Some(format!(
+                "{} paths could not be published and {} were held back so the cache stays closure-complete:\n{}",
+                summary.failed.len(),
+                summary.held_back.len(),
+                problems.join("\n")
+            ));
+        }
+        let mut totals = summary;
+        totals.roots.clear(); // kept per machine
+        self.record.publish = Some(totals);
+        self.save();
+        Ok(())
     }
 
     async fn push(&mut self, checkout: &git::Checkout) -> anyhow::Result<()> {

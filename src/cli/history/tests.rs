@@ -20,6 +20,7 @@ fn built(name: &str, ms: u64, hash: &str) -> MachineRecord {
         error: None,
         log_tail: None,
         log_path: Some(format!("/var/lib/farmd/logs/42/{name}.log")),
+        publish: None,
     }
 }
 
@@ -39,6 +40,7 @@ fn failed_run() -> RunRecord {
             reason: "policy `built`: 1 machine did not build".into(),
         }),
         error: None,
+        publish: None,
         phases: vec![
             PhaseTiming {
                 phase: Phase::Checkout,
@@ -96,6 +98,7 @@ fn quick_run(id: RunId, status: RunStatus, trigger: Trigger) -> RunRecord {
             rev: "5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f".into(),
         }),
         error: None,
+        publish: None,
         phases: vec![],
         machines: vec![],
     }
@@ -156,6 +159,7 @@ fn show_of_a_run_that_could_not_start_names_who_asked_and_why() {
         lock_changed: false,
         push: None,
         error: Some("failed to fetch `git@example.org:fleet.git`\n -> connection refused".into()),
+        publish: None,
         phases: vec![],
         machines: vec![],
     };

@@ -18,6 +18,7 @@ fn record(status: RunStatus) -> RunRecord {
         push: None,
         // Quotes, a newline and non-ASCII must arrive byte for byte.
         error: Some("nix said \"no\"\nüber alles".into()),
+        publish: None,
         phases: Vec::new(),
         machines: Vec::new(),
     }
