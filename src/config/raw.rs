@@ -197,12 +197,15 @@ impl Default for RawAttributes {
 pub struct RawState {
     /// Default: `/var/lib/farmd`.
     pub dir: PathBuf,
+    /// Runs whose build logs are kept. Default: 50.
+    pub keep_logs: usize,
 }
 
 impl Default for RawState {
     fn default() -> Self {
         RawState {
             dir: "/var/lib/farmd".into(),
+            keep_logs: 50,
         }
     }
 }
@@ -381,6 +384,7 @@ impl From<&Settings> for RawConfig {
             },
             state: RawState {
                 dir: s.state.dir.clone(),
+                keep_logs: s.state.keep_logs.get(),
             },
             cache: s.cache.as_ref().map(|c| RawCache {
                 url: Some(c.url.clone()),

@@ -122,6 +122,9 @@ pub struct BuildSettings {
 pub struct StateSettings {
     /// Checkout, logs, GC roots and history live here (default: /var/lib/farmd).
     pub dir: PathBuf,
+    /// Runs whose build logs are kept under `<dir>/logs` (default: 50); older ones are removed
+    /// after each run. The history keeps every run's record and log tail regardless.
+    pub keep_logs: NonZeroUsize,
 }
 
 /// The static binary cache (the publish phase).

@@ -667,6 +667,8 @@ impl Run<'_> {
             }
         };
         self.transition_to(Some(Phase::Record));
+        self.layout
+            .prune_logs(self.settings().state.keep_logs.get());
         self.record.finished_at = Some(chrono::Utc::now().timestamp());
         self.transition_to(None);
         info!(status = self.record.status.as_str(), "run finished");

@@ -52,6 +52,27 @@ impl StateLayout {
             .join(format!("{}-{}.log", kind.as_str(), name))
     }
 
+    /// Removes the log directories of all but the newest `keep` runs. Best effort: a log that
+    /// cannot be removed is reported and left.
+    pub fn prune_logs(&self, keep: usize) {
+        let Ok(entries) = std::fs::read_dir(self.root.join("logs")) else {
+            return;
+        };
+        let mut runs: Vec<(RunId, PathBuf)> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path())))
+            .collect();
+        runs.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        for (run, dir) in runs.into_iter().skip(keep) {
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => tracing::debug!(run, "removed old build logs"),
+                Err(e) => {
+                    tracing::warn!(run, dir = %dir.display(), error = %e, "cannot remove old build logs")
+                }
+            }
+        }
+    }
+
     /// Creates the directories a run writes into.
     pub fn prepare(&self) -> anyhow::Result<()> {
         for dir in [
@@ -105,6 +126,25 @@ pub struct StateLock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_newest_runs_keep_their_logs() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = StateLayout::new(dir.path());
+        layout.prepare().unwrap();
+        for run in [1, 2, 9, 10, 11] {
+            std::fs::create_dir_all(layout.run_logs(run)).unwrap();
+            std::fs::write(layout.run_logs(run).join("x.log"), "log").unwrap();
+        }
+        std::fs::create_dir_all(dir.path().join("logs/not-a-run")).unwrap();
+        layout.prune_logs(3);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path().join("logs"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["10", "11", "9", "not-a-run"]);
+    }
 
     #[test]
     fn a_second_lock_on_the_same_state_dir_is_refused() {

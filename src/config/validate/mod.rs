@@ -7,6 +7,7 @@
 mod build;
 mod cache;
 
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -355,8 +356,16 @@ fn state(s: RawState, cx: &Context) -> Result<StateSettings> {
             "the state directory must be absolute, e.g. \"/var/lib/farmd\"",
         ));
     }
+    let keep_logs = NonZeroUsize::new(s.keep_logs).ok_or_else(|| {
+        cx.invalid(
+            "state.keep_logs",
+            "is 0".to_owned(),
+            "keep the logs of at least the latest run, e.g. keep_logs = 50",
+        )
+    })?;
     Ok(StateSettings {
         dir: s.dir.components().collect(),
+        keep_logs,
     })
 }
 fn schedule(s: RawSchedule, cx: &Context) -> Result<ScheduleSettings> {
