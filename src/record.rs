@@ -229,6 +229,19 @@ pub struct RunRecord {
 }
 
 impl RunRecord {
+    /// Where the build log of `machine` in this run is, or why there is none (a message for
+    /// the user).
+    pub fn machine_log(&self, machine: &MachineName) -> Result<&str, String> {
+        let m = self
+            .machines
+            .iter()
+            .find(|m| &m.name == machine)
+            .ok_or_else(|| format!("run {} has no machine `{machine}`", self.id))?;
+        m.log_path
+            .as_deref()
+            .ok_or_else(|| format!("run {} kept no log for `{machine}`", self.id))
+    }
+
     pub fn failed_machines(&self) -> impl Iterator<Item = &MachineRecord> {
         self.machines.iter().filter(|m| !m.status.is_success())
     }

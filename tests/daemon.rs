@@ -309,7 +309,7 @@ fn sigterm_during_a_build_cancels_the_run_kills_nix_and_exits_0() {
     let run = farm.last_run(&fleet);
     assert_eq!(run["status"], "cancelled", "{run:#}");
     assert_eq!(machine(&run, "alpha")["status"], "cancelled");
-    assert_no_builder_left(&fleet);
+    fleet.assert_no_builder_left();
 }
 
 #[test]
@@ -332,7 +332,7 @@ fn farmctl_cancel_stops_the_active_run() {
     let waited = waiter.wait_with_output().unwrap();
     assert_eq!(waited.status.code(), Some(3), "{}", stdout_of(&waited));
     assert_eq!(farm.last_run(&fleet)["status"], "cancelled");
-    assert_no_builder_left(&fleet);
+    fleet.assert_no_builder_left();
     // The daemon goes on serving.
     json(&farm.farmctl(&fleet, ["status", "--json"]));
 }
@@ -357,35 +357,4 @@ fn a_missed_scheduled_run_is_caught_up_at_start_and_interrupted_runs_are_marked(
     assert_eq!(runs[0]["trigger"], "catch-up", "{runs:#}");
     assert_eq!(runs[0]["status"], "succeeded");
     assert_eq!(runs[1]["status"], "interrupted");
-}
-
-/// No process of this fleet's builds survives (their environment carries the fleet's salt).
-fn assert_no_builder_left(fleet: &Fleet) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let survivors: Vec<String> = std::fs::read_dir("/proc")
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .filter(|e| {
-                e.file_name()
-                    .to_string_lossy()
-                    .chars()
-                    .all(|c| c.is_ascii_digit())
-            })
-            .filter(|e| {
-                std::fs::read(e.path().join("environ"))
-                    .map(|env| String::from_utf8_lossy(&env).contains(fleet.salt()))
-                    .unwrap_or(false)
-            })
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        if survivors.is_empty() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "processes survived: {survivors:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }

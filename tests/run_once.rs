@@ -267,24 +267,7 @@ fn a_machine_past_its_timeout_is_killed_with_its_whole_process_group() {
     assert_eq!(alpha["status"], "timed-out", "{alpha:#}");
     assert_eq!(machine(&run, "beta")["status"], "built");
 
-    // No builder of this fleet survives (their environment carries the fleet's salt).
-    let survivors: Vec<String> = std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .chars()
-                .all(|c| c.is_ascii_digit())
-        })
-        .filter(|e| {
-            std::fs::read(e.path().join("environ"))
-                .map(|env| String::from_utf8_lossy(&env).contains(fleet.salt()))
-                .unwrap_or(false)
-        })
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    assert!(survivors.is_empty(), "processes survived: {survivors:?}");
+    fleet.assert_no_builder_left();
 }
 
 #[test]

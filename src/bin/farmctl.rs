@@ -452,15 +452,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
                 let record = target.history()?.get(run)?.with_context(|| {
                     format!("there is no run {run}; `farmctl history` lists them")
                 })?;
-                let m = record
-                    .machines
-                    .iter()
-                    .find(|m| m.name == machine)
-                    .with_context(|| format!("run {run} has no machine `{machine}`"))?;
-                let path = m
-                    .log_path
-                    .as_deref()
-                    .with_context(|| format!("run {run} kept no log for `{machine}`"))?;
+                let path = record.machine_log(&machine).map_err(anyhow::Error::msg)?;
                 let chunk = std::fs::read_to_string(path)
                     .with_context(|| format!("cannot read `{path}`"))?;
                 if json {

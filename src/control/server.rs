@@ -248,16 +248,8 @@ async fn handle(
                 .history()
                 .get(run)?
                 .with_context(|| format!("there is no run {run}; `farmctl history` lists them"))?;
-            let m = record
-                .machines
-                .iter()
-                .find(|m| m.name == machine)
-                .with_context(|| format!("run {run} has no machine `{machine}`"))?;
-            let path = m
-                .log_path
-                .clone()
-                .with_context(|| format!("run {run} kept no log for `{machine}`"))?;
-            stream_log(Path::new(&path), follow.then_some((daemon, run)), write).await
+            let path = record.machine_log(&machine).map_err(anyhow::Error::msg)?;
+            stream_log(Path::new(path), follow.then_some((daemon, run)), write).await
         }
     }
 }

@@ -62,7 +62,7 @@ impl StateLayout {
             .filter_map(|e| e.ok())
             .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path())))
             .collect();
-        runs.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        runs.sort_unstable_by_key(|r| std::cmp::Reverse(r.0));
         for (run, dir) in runs.into_iter().skip(keep) {
             match std::fs::remove_dir_all(&dir) {
                 Ok(()) => tracing::debug!(run, "removed old build logs"),

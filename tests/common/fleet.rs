@@ -223,6 +223,38 @@ impl Fleet {
         self.pkgs_head()
     }
 
+    /// Panics unless, within 10 s, no process of this fleet's builds is left (builders'
+    /// environments carry the fleet's salt): a timeout or cancel must kill whole process groups.
+    pub fn assert_no_builder_left(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let survivors: Vec<String> = std::fs::read_dir("/proc")
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .bytes()
+                        .all(|c| c.is_ascii_digit())
+                })
+                .filter(|e| {
+                    std::fs::read(e.path().join("environ"))
+                        .map(|env| String::from_utf8_lossy(&env).contains(self.salt()))
+                        .unwrap_or(false)
+                })
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            if survivors.is_empty() {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "processes survived: {survivors:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
     /// The machine names, sorted.
     pub fn machine_names(&self) -> Vec<String> {
         let mut names = self.knobs.lock().unwrap().machines.clone();
