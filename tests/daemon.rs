@@ -358,3 +358,31 @@ fn a_missed_scheduled_run_is_caught_up_at_start_and_interrupted_runs_are_marked(
     assert_eq!(runs[0]["status"], "succeeded");
     assert_eq!(runs[1]["status"], "interrupted");
 }
+
+#[test]
+fn log_follow_streams_a_build_log_until_the_run_ends() {
+    let fleet = Fleet::new();
+    fleet.set_sleep("alpha", 3);
+    let farm = Farm::new(&fleet);
+    let mut farmd = RunningFarmd::start(&farm, &fleet, &[]);
+    let out = farm.farmctl(&fleet, ["trigger"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    farmd.wait_for(Duration::from_secs(30), |m| {
+        m.contains("STATUS=building") && m.contains("alpha")
+    });
+    let started = Instant::now();
+    let out = farm.farmctl(&fleet, ["log", "1", "alpha", "--follow"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let text = stdout_of(&out);
+    // It kept following until the build (sleeping 3 s) ended, and printed the builder's lines.
+    assert!(
+        started.elapsed() > Duration::from_millis(500),
+        "returned at once"
+    );
+    assert!(text.contains("nixfarm-testbed: sleeping 3 s"), "{text}");
+    assert!(
+        text.contains("nixfarm-testbed: building nixos-system-alpha"),
+        "{text}"
+    );
+    assert_eq!(farm.last_run(&fleet)["status"], "succeeded");
+}

@@ -9,6 +9,8 @@
 //! `Inhibitor::take` finds the bus through DBUS_SYSTEM_BUS_ADDRESS as it would on a host that
 //! sets it. The tests change that variable, so they take `ENV` first and run one at a time.
 
+mod common;
+
 use std::io::{BufRead, BufReader, ErrorKind, Read};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -293,4 +295,56 @@ async fn a_logind_that_never_answers_costs_the_timeout_not_a_hang() {
         took >= TIMEOUT && took < TIMEOUT + Duration::from_secs(1),
         "took {took:?}"
     );
+}
+
+/// The real farmd, through a run: the lock is taken when the run starts, held while it builds,
+/// and released once the run is recorded.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_daemon_holds_the_lock_for_exactly_the_run() {
+    use common::{stderr_of, Farm, Fleet, RunningFarmd};
+    let bus = Bus::start();
+    let (_logind, calls) = logind(&bus, Behaviour::Grant).await;
+    let fleet = Fleet::new();
+    fleet.set_sleep("alpha", 3);
+    let farm = Farm::new(&fleet);
+    let farmd = tokio::task::block_in_place(|| {
+        RunningFarmd::start(
+            &farm,
+            &fleet,
+            &[("DBUS_SYSTEM_BUS_ADDRESS", bus.address.as_str())],
+        )
+    });
+    assert!(calls.lock().unwrap().is_empty(), "a lock without a run");
+
+    let trigger = {
+        let config = farm.write_config();
+        let mut cmd = fleet.env().command(env!("CARGO_BIN_EXE_farmctl"));
+        cmd.arg("--config").arg(config).args(["trigger", "--wait"]);
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while calls.lock().unwrap().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no Inhibit call:\n{}",
+            farmd.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut call = calls.lock().unwrap().pop().unwrap();
+    assert_eq!(call.args[0], "sleep:shutdown");
+    assert_eq!(call.args[3], "delay");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!at_eof(&mut call.peer_end), "released during the run");
+
+    let out = tokio::task::block_in_place(|| trigger.wait_with_output().unwrap());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !at_eof(&mut call.peer_end) {
+        assert!(Instant::now() < deadline, "the lock outlived the run");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
