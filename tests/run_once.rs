@@ -421,3 +421,46 @@ fn farmctl_check_config_prints_the_effective_settings() {
         "{text}"
     );
 }
+
+#[test]
+fn clone_and_push_over_ssh_with_the_key_in_ssh_agent() {
+    let fleet = Fleet::new();
+    let sshd = Sshd::start();
+    let agent_dir = tempfile::tempdir().unwrap();
+    let sock = agent_dir.path().join("agent.sock");
+    let mut agent = std::process::Command::new("ssh-agent")
+        .arg("-D")
+        .arg("-a")
+        .arg(&sock)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("ssh-agent");
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "ssh-agent did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let added = common::run_unchecked(
+        std::process::Command::new("ssh-add")
+            .arg(sshd.ssh_key_path())
+            .env("SSH_AUTH_SOCK", &sock),
+    );
+    assert!(added.status.success(), "{}", stderr_of(&added));
+
+    let pkgs = fleet.bump();
+    let mut farm = Farm::new(&fleet);
+    farm.config
+        .set("repo", "url", &toml_str(sshd.ssh_url(&fleet.remote_path())))
+        .set("repo", "ssh_agent", "true")
+        .set(
+            "repo",
+            "known_hosts",
+            &toml_str(sshd.known_hosts_path().display().to_string()),
+        );
+    farm.env = vec![("SSH_AUTH_SOCK".into(), sock.display().to_string())];
+    let out = farm.once(&fleet);
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert_eq!(code(&out), 0, "{}", stderr_of(&out));
+    assert_eq!(fleet.lock_rev_of_pkgs_in_remote(), pkgs);
+}
