@@ -22,6 +22,10 @@ pub async fn serve(settings: config::Settings, config_path: PathBuf) -> anyhow::
     use crate::daemon::service::Daemon;
     use tokio::signal::unix::{signal, SignalKind};
 
+    // Before anything can announce readiness: a SIGHUP right after READY=1 must reload, not
+    // kill (the default action).
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
     let layout = StateLayout::new(&settings.state.dir);
     layout.prepare()?;
     let _lock = layout.lock()?;
@@ -42,8 +46,6 @@ pub async fn serve(settings: config::Settings, config_path: PathBuf) -> anyhow::
     daemon.notifier().ready();
     tracing::info!(socket = %socket_path.display(), "farmd ready");
 
-    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-    let mut hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
     let watchdog = daemon.notifier().watchdog_interval();
     let mut tick = tokio::time::interval(watchdog.unwrap_or(std::time::Duration::from_secs(3600)));
     loop {
