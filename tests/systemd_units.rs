@@ -93,3 +93,108 @@ fn services_are_hardened_to_an_exposure_of_at_most_1_5() {
         );
     }
 }
+
+/// Every .nix file of the repository (target/ aside).
+fn nix_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        if name == "target" || name == ".git" {
+            continue;
+        }
+        if path.is_dir() {
+            nix_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "nix") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn every_nix_file_parses() {
+    let mut files = Vec::new();
+    nix_files(&repo(), &mut files);
+    for required in ["flake.nix", "nixos/module.nix", "nixos/client.nix"] {
+        assert!(
+            files.contains(&repo().join(required)),
+            "{required} is missing"
+        );
+    }
+    for file in files {
+        let out = Command::new("nix-instantiate")
+            .arg("--parse")
+            .arg(&file)
+            .output()
+            .expect("cannot run nix-instantiate");
+        assert!(
+            out.status.success(),
+            "{} does not parse:\n{}",
+            file.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// The options `module` declares, with their defaults as README shows them ("required" for
+/// none), evaluated by Nix from the module itself (tests/nixos/options.nix).
+fn module_options(module: &str) -> Vec<(String, String)> {
+    let out = Command::new("nix-instantiate")
+        .args(["--eval", "--strict", "--json"])
+        .arg(repo().join("tests/nixos/options.nix"))
+        .arg("--arg")
+        .arg("module")
+        .arg(repo().join(module))
+        .output()
+        .expect("cannot run nix-instantiate");
+    assert!(
+        out.status.success(),
+        "cannot read the options of {module}:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    list.iter()
+        .map(|o| {
+            (
+                o["name"].as_str().unwrap().to_owned(),
+                o["default"].as_str().unwrap_or("required").to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn readme_documents_every_module_option_with_its_default() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let rows: Vec<String> = readme
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .map(|l| l.replace("\\|", "|"))
+        .collect();
+    let mut missing = Vec::new();
+    let mut count = 0;
+    for module in ["nixos/module.nix", "nixos/client.nix"] {
+        for (name, default) in module_options(module) {
+            count += 1;
+            let row = rows
+                .iter()
+                .find(|r| r.starts_with(&format!("| `{name}` |")));
+            let documented = match row {
+                Some(r) if default == "required" => r.contains("| required |"),
+                Some(r) => r.contains(&format!("| `{default}` |")),
+                None => false,
+            };
+            if !documented {
+                missing.push(format!("| `{name}` | `{default}` |"));
+            }
+        }
+    }
+    assert!(
+        count > 20,
+        "only {count} options found; is options.nix broken?"
+    );
+    assert!(
+        missing.is_empty(),
+        "README.md lacks these option rows (or shows another default):\n{}",
+        missing.join("\n")
+    );
+}
