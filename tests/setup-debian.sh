@@ -11,7 +11,9 @@ packages=(
   nginx-light        # serves the cache to the real Nix client over HTTP
   sqlite3            # to inspect the history by hand
   dbus-daemon        # a private bus for the logind inhibitor test (tests/inhibit.rs)
-  util-linux         # unshare: the journald test's private mount namespace
+  util-linux         # unshare: the journald test's private mount namespace; nsenter
+  systemd-container  # systemd-nspawn: tests/systemd_nspawn.rs boots a real systemd in a container
+  debootstrap        # builds that container's Debian rootfs once (tests/nspawn/rootfs.sh)
   build-essential pkg-config libssl-dev  # libgit2 / libssh2 / sqlite are built from source by cargo
   ca-certificates
 )

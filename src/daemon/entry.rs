@@ -35,6 +35,8 @@ pub async fn serve(settings: config::Settings, config_path: PathBuf) -> anyhow::
     if !interrupted.is_empty() {
         tracing::warn!(runs = ?interrupted, "runs were interrupted when farmd last stopped; marked as interrupted");
     }
+    // Read before `listen`, which clears LISTEN_FDS once it has taken the socket.
+    let socket_activated = std::env::var_os("LISTEN_FDS").is_some();
     let listener = server::listen(&settings.control.socket)?;
     let socket_path = settings.control.socket.clone();
     let daemon = Daemon::new(settings, history, Notifier::new());
@@ -69,7 +71,8 @@ pub async fn serve(settings: config::Settings, config_path: PathBuf) -> anyhow::
     }
     scheduler.abort();
     server.abort();
-    if std::env::var_os("LISTEN_FDS").is_none() {
+    // A socket systemd passed in is farmd.socket's: it keeps listening for the next start.
+    if !socket_activated {
         let _ = std::fs::remove_file(&socket_path);
     }
     Ok(exit::OK)

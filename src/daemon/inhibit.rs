@@ -65,9 +65,9 @@ impl Inhibitor {
     /// no logind, logind refuses, or it all takes longer than [`TIMEOUT`].
     pub async fn take(&self) -> Option<InhibitorLock> {
         match tokio::time::timeout(TIMEOUT, self.call()).await {
-            Ok(Ok(fd)) => {
+            Ok(Ok(fds)) => {
                 tracing::debug!(what = %self.what, mode = %self.mode, "logind inhibitor lock taken");
-                Some(InhibitorLock { fd })
+                Some(InhibitorLock { fds })
             }
             Ok(Err(e)) => {
                 tracing::debug!("no logind inhibitor lock ({e}); carrying on without it");
@@ -82,27 +82,48 @@ impl Inhibitor {
         }
     }
 
-    async fn call(&self) -> zbus::Result<OwnedFd> {
+    async fn call(&self) -> zbus::Result<Vec<OwnedFd>> {
         // A fresh connection per run: a run is rare, and the system bus may have restarted
         // since the last one. The lock outlives the connection; only the fd matters to logind.
         let connection = Connection::system().await?;
         let manager = LoginManagerProxy::new(&connection).await?;
-        manager
+        match manager
             .inhibit(&self.what, &self.who, &self.why, &self.mode)
             .await
+        {
+            Ok(fd) => Ok(vec![fd]),
+            // logind asks polkit about a request for several operations (`sleep:shutdown`)
+            // with the lid-switch action, which by default only active sessions get, while
+            // each operation alone has a delay action any caller gets. So an unprivileged
+            // farmd (the packaged units' user) is refused the pair and granted each one.
+            Err(zbus::Error::FDO(e))
+                if matches!(*e, zbus::fdo::Error::AccessDenied(_)) && self.what.contains(':') =>
+            {
+                let mut fds = Vec::new();
+                for what in self.what.split(':') {
+                    fds.push(
+                        manager
+                            .inhibit(what, &self.who, &self.why, &self.mode)
+                            .await?,
+                    );
+                }
+                Ok(fds)
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 
-/// A held inhibitor lock: logind's file descriptor. Dropping it closes the descriptor, which
-/// releases the lock.
+/// A held inhibitor lock: logind's file descriptor (one per operation when logind granted
+/// them one by one). Dropping it closes the descriptors, which releases the lock.
 #[derive(Debug)]
 pub struct InhibitorLock {
-    fd: OwnedFd,
+    fds: Vec<OwnedFd>,
 }
 
 impl InhibitorLock {
-    /// The descriptor's number (for diagnostics).
+    /// The (first) descriptor's number (for diagnostics).
     pub fn raw_fd(&self) -> i32 {
-        self.fd.as_raw_fd()
+        self.fds[0].as_raw_fd()
     }
 }
