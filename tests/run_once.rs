@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Instant;
 
-use common::{machine, stderr_of, stdout_of, toml_str, Farm, Fleet, Sshd};
+use common::{machine, phases, stderr_of, stdout_of, toml_str, Farm, Fleet, Sshd};
 
 fn code(out: &std::process::Output) -> i32 {
     out.status.code().expect("exited normally")
@@ -41,14 +41,8 @@ fn run_updates_the_lock_builds_every_machine_and_pushes_the_lock_commit() {
     assert_eq!(run["rev_before"], before);
     assert_eq!(run["rev_after"], after);
     assert_eq!(run["push"]["status"], "pushed");
-    let phases: Vec<&str> = run["phases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["phase"].as_str().unwrap())
-        .collect();
     assert_eq!(
-        phases,
+        phases(&run),
         ["checkout", "update", "evaluate", "build", "push", "record"]
     );
     for name in fleet.machine_names() {
@@ -130,14 +124,8 @@ fn push_always_pushes_right_after_the_update_even_when_a_machine_fails() {
     assert_eq!(fleet.lock_rev_of_pkgs_in_remote(), pkgs);
     let run = farm.last_run(&fleet);
     assert_eq!(run["push"]["status"], "pushed");
-    let phases: Vec<&str> = run["phases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["phase"].as_str().unwrap())
-        .collect();
     assert_eq!(
-        phases,
+        phases(&run),
         ["checkout", "update", "push", "evaluate", "build", "record"]
     );
 }
@@ -276,18 +264,7 @@ fn clone_fetch_and_push_over_ssh_verify_the_host_key() {
     let sshd = Sshd::start();
     let pkgs = fleet.bump();
     let mut farm = Farm::new(&fleet);
-    farm.config
-        .set("repo", "url", &toml_str(sshd.ssh_url(&fleet.remote_path())))
-        .set(
-            "repo",
-            "ssh_key",
-            &toml_str(sshd.ssh_key_path().display().to_string()),
-        )
-        .set(
-            "repo",
-            "known_hosts",
-            &toml_str(sshd.known_hosts_path().display().to_string()),
-        );
+    farm.use_ssh_remote(&fleet, &sshd, &sshd.known_hosts_path());
 
     let out = farm.once(&fleet);
     assert_eq!(code(&out), 0, "{}", stderr_of(&out));
@@ -309,18 +286,7 @@ fn an_unknown_or_changed_ssh_host_key_is_refused() {
         (sshd.wrong_known_hosts_path(), "CHANGED"),
     ] {
         let mut farm = Farm::new(&fleet);
-        farm.config
-            .set("repo", "url", &toml_str(sshd.ssh_url(&fleet.remote_path())))
-            .set(
-                "repo",
-                "ssh_key",
-                &toml_str(sshd.ssh_key_path().display().to_string()),
-            )
-            .set(
-                "repo",
-                "known_hosts",
-                &toml_str(known_hosts.display().to_string()),
-            );
+        farm.use_ssh_remote(&fleet, &sshd, &known_hosts);
         let out = farm.once(&fleet);
         assert_eq!(code(&out), 2, "{}", stderr_of(&out));
         let err = stderr_of(&out);

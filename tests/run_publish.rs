@@ -5,8 +5,8 @@
 mod common;
 
 use common::{
-    closure_problems, machine, stderr_of, substitute, temporaries, toml_str, CacheBed, Nginx,
-    RunningFarmd,
+    closure_problems, machine, phases, stderr_of, substitute, temporaries, toml_str, CacheBed,
+    Nginx, RunningFarmd,
 };
 
 #[test]
@@ -18,14 +18,8 @@ fn a_run_publishes_every_built_closure_and_the_nix_client_substitutes_it() {
     assert_eq!(bed.fleet.lock_rev_of_pkgs_in_remote(), pkgs, "lock pushed");
 
     let run = bed.farm.last_run(&bed.fleet);
-    let phases: Vec<&str> = run["phases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["phase"].as_str().unwrap())
-        .collect();
     assert_eq!(
-        phases,
+        phases(&run),
         ["checkout", "update", "evaluate", "build", "publish", "push", "record"]
     );
     let total = &run["publish"];

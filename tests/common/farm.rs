@@ -102,6 +102,23 @@ impl Farm {
         self.dir.path().join("state")
     }
 
+    /// Points `[repo]` at `fleet`'s remote over `sshd` with the bed's client key, trusting the
+    /// host keys in `known_hosts`.
+    pub fn use_ssh_remote(&mut self, fleet: &Fleet, sshd: &super::Sshd, known_hosts: &Path) {
+        self.config
+            .set("repo", "url", &toml_str(sshd.ssh_url(&fleet.remote_path())))
+            .set(
+                "repo",
+                "ssh_key",
+                &toml_str(sshd.ssh_key_path().display().to_string()),
+            )
+            .set(
+                "repo",
+                "known_hosts",
+                &toml_str(known_hosts.display().to_string()),
+            );
+    }
+
     /// Writes the config file and returns its path.
     pub fn write_config(&self) -> PathBuf {
         let path = self.dir.path().join("farmd.toml");
@@ -163,6 +180,16 @@ impl Farm {
             serde_json::from_slice(&out.stdout).expect("farmctl history --json prints JSON");
         runs[0].clone()
     }
+}
+
+/// The phases a run's JSON record went through, in order.
+pub fn phases(run: &serde_json::Value) -> Vec<&str> {
+    run["phases"]
+        .as_array()
+        .expect("phases is an array")
+        .iter()
+        .map(|p| p["phase"].as_str().expect("a phase name"))
+        .collect()
 }
 
 /// The machine named `name` in a run's JSON record.

@@ -30,7 +30,7 @@ mod sshd;
 pub use cache::{closure_problems, substitute, temporaries, CacheBed};
 pub use daemon::RunningFarmd;
 pub use env::{NixEnv, BED_GIT_IDENTITY, NIX_CONFIG};
-pub use farm::{machine, toml_str, Farm, FarmConfig};
+pub use farm::{machine, phases, toml_str, Farm, FarmConfig};
 pub use fleet::{lock_rev_of_pkgs, Fleet, DEFAULT_MACHINES};
 pub use nginx::Nginx;
 pub use process::{run, run_unchecked, stderr_of, stdout_of};
