@@ -739,4 +739,10 @@ fn the_examples_commented_defaults_are_the_real_defaults() {
     for key in ["compression", "jobs", "priority", "upload_logs"] {
         assert_eq!(example["cache"][key], cache[key], "cache.{key}");
     }
+    for key in ["keep_generations", "keep_days", "grace", "gc_after_publish"] {
+        assert_eq!(
+            example["cache"]["retention"][key], cache["retention"][key],
+            "cache.retention.{key}"
+        );
+    }
 }
