@@ -26,7 +26,7 @@ fn a_run_publishes_every_built_closure_and_the_nix_client_substitutes_it() {
         .collect();
     assert_eq!(
         phases,
-        ["checkout", "update", "evaluate", "build", "publish", "push", "record"]
+        ["checkout", "update", "evaluate", "build", "publish", "push", "gc", "record"]
     );
     let total = &run["publish"];
     assert!(total["uploaded_paths"].as_u64().unwrap() > 0, "{total:#}");
