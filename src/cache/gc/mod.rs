@@ -183,3 +183,6 @@ pub async fn record_generations(
     }
     Ok(written)
 }
+
+#[cfg(test)]
+mod tests;

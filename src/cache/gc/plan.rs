@@ -68,7 +68,6 @@ pub fn plan(
     for (file, g) in &roots.generations {
         if file.ends_with(&format!("/{LATEST}")) {
             kept.entry(&g.machine).or_default().push(g);
-            kept_count.entry(&g.machine).or_insert(1);
         } else {
             by_machine.entry(&g.machine).or_default().push((file, g));
         }
@@ -85,6 +84,10 @@ pub fn plan(
                 dropped.entry(machine).or_default().push(g);
             }
         }
+    }
+    // A machine whose only record is its latest.json still has that one generation.
+    for machine in kept.keys() {
+        kept_count.entry(machine).or_insert(1);
     }
     plan.pins = roots.pins.len();
 
