@@ -37,6 +37,9 @@ pub struct Plan {
     pub machines: Vec<MachineGc>,
 }
 
+/// A machine of a farm.
+type Key<'a> = (&'a str, &'a MachineName);
+
 /// Whether a file written at `mtime` is still inside the grace period (unknown: yes).
 fn fresh(mtime: Option<SystemTime>, now: SystemTime, grace: Duration) -> bool {
     match mtime {
@@ -59,17 +62,20 @@ pub fn plan(
         .map_or(0, |d| d.as_secs() as i64);
     let young_since = now_secs - i64::from(retention.keep_days) * 86_400;
 
-    // Retention: per machine, the newest `keep_generations` and all younger than keep_days.
-    // `latest.json` repeats the newest record a farm wrote: always a root, never counted.
-    let mut by_machine: BTreeMap<&MachineName, Vec<(&String, &Generation)>> = BTreeMap::new();
-    let mut kept: BTreeMap<&MachineName, Vec<&Generation>> = BTreeMap::new();
-    let mut dropped: BTreeMap<&MachineName, Vec<&Generation>> = BTreeMap::new();
-    let mut kept_count: BTreeMap<&MachineName, usize> = BTreeMap::new();
+    // Retention: per machine of each farm, the newest `keep_generations` and all younger than
+    // keep_days. Per farm, because another farm's machine of the same name is another machine:
+    // this farm's new generations must not push that one's out. `latest.json` repeats the
+    // newest record a farm wrote: always a root, never counted.
+    let mut by_machine: BTreeMap<Key, Vec<(&String, &Generation)>> = BTreeMap::new();
+    let mut kept: BTreeMap<Key, Vec<&Generation>> = BTreeMap::new();
+    let mut dropped: BTreeMap<Key, Vec<&Generation>> = BTreeMap::new();
+    let mut kept_count: BTreeMap<Key, usize> = BTreeMap::new();
     for (file, g) in &roots.generations {
+        let key = (g.farm.as_str(), &g.machine);
         if file.ends_with(&format!("/{LATEST}")) {
-            kept.entry(&g.machine).or_default().push(g);
+            kept.entry(key).or_default().push(g);
         } else {
-            by_machine.entry(&g.machine).or_default().push((file, g));
+            by_machine.entry(key).or_default().push((file, g));
         }
     }
     for (machine, mut records) in by_machine {
@@ -87,7 +93,7 @@ pub fn plan(
     }
     // A machine whose only record is its latest.json still has that one generation.
     for machine in kept.keys() {
-        kept_count.entry(machine).or_insert(1);
+        kept_count.entry(*machine).or_insert(1);
     }
     plan.pins = roots.pins.len();
 
@@ -169,11 +175,11 @@ pub fn plan(
     }
 
     // Per machine: what its kept generations hold, what its dropped ones free.
-    let machines: BTreeSet<&MachineName> = kept.keys().chain(dropped.keys()).copied().collect();
+    let machines: BTreeSet<Key> = kept.keys().chain(dropped.keys()).copied().collect();
     for machine in machines {
         let kept_set = closure(
             listing,
-            kept.get(machine)
+            kept.get(&machine)
                 .into_iter()
                 .flatten()
                 .map(|g| g.toplevel.hash_part()),
@@ -181,7 +187,7 @@ pub fn plan(
         let dropped_set = closure(
             listing,
             dropped
-                .get(machine)
+                .get(&machine)
                 .into_iter()
                 .flatten()
                 .map(|g| g.toplevel.hash_part()),
@@ -196,9 +202,10 @@ pub fn plan(
             .filter(|h| plan.garbage.contains(*h))
             .collect();
         plan.machines.push(MachineGc {
-            machine: machine.clone(),
-            generations_kept: kept_count.get(machine).copied().unwrap_or(0),
-            generations_dropped: dropped.get(machine).map_or(0, Vec::len),
+            farm: machine.0.to_owned(),
+            machine: machine.1.clone(),
+            generations_kept: kept_count.get(&machine).copied().unwrap_or(0),
+            generations_dropped: dropped.get(&machine).map_or(0, Vec::len),
             kept_paths: kept_set.len(),
             kept_bytes: bytes(&mut kept_set.iter()),
             freed_paths: freed.len(),

@@ -46,6 +46,8 @@ pub struct GcReport {
 /// One machine's share: what its kept generations hold, what its dropped ones freed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MachineGc {
+    /// The farm that wrote its records.
+    pub farm: String,
     pub machine: MachineName,
     pub generations_kept: usize,
     pub generations_dropped: usize,
@@ -71,10 +73,17 @@ impl fmt::Display for GcReport {
         for r in &self.records_deleted {
             writeln!(f, "{verb} generation record {r}")?;
         }
+        let farms: std::collections::BTreeSet<&str> =
+            self.machines.iter().map(|m| m.farm.as_str()).collect();
         for m in &self.machines {
+            let farm = if farms.len() > 1 {
+                format!(" (farm {})", m.farm)
+            } else {
+                String::new()
+            };
             writeln!(
                 f,
-                "  {}: {} generations kept ({} paths, {}), {} dropped ({} paths, {} {nars})",
+                "  {}{farm}: {} generations kept ({} paths, {}), {} dropped ({} paths, {} {nars})",
                 m.machine,
                 m.generations_kept,
                 m.kept_paths,

@@ -393,3 +393,39 @@ async fn an_unreadable_root_stops_gc_before_it_deletes_anything() {
     );
     assert_eq!(bed.files(), before);
 }
+
+#[tokio::test]
+async fn another_farms_machine_of_the_same_name_is_not_pushed_out() {
+    let mut bed = Bed::new();
+    let theirs = bed.add("their-alpha", &[], 5 * HOUR);
+    let g = Generation {
+        farm: "otherfarm".into(),
+        machine: "alpha".parse().unwrap(),
+        toplevel: theirs.clone(),
+        rev: None,
+        time: chrono::Utc::now().timestamp() - 30 * 86_400,
+        run: 7,
+        sigs: vec![],
+    };
+    write_generation(&bed.backend, g, std::slice::from_ref(&bed.key))
+        .await
+        .unwrap();
+    let mut ours = Vec::new();
+    for run in 1..=3 {
+        let p = bed.add(&format!("our-alpha-{run}"), &[], 5 * HOUR);
+        bed.generation("alpha", &p, 10 - run, run).await;
+        ours.push(p);
+    }
+    let report = collect(
+        &bed.backend,
+        "test",
+        &retention(1),
+        false,
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert!(bed.has(&theirs), "{report:#?}");
+    assert!(!bed.has(&ours[0]) && !bed.has(&ours[1]) && bed.has(&ours[2]));
+    assert_eq!(report.machines.len(), 2);
+}
