@@ -313,7 +313,7 @@ pub async fn read_roots(
 }
 
 /// A directory's entries; none when it does not exist (no record was ever written).
-async fn list_if_exists(
+pub(crate) async fn list_if_exists(
     backend: &Arc<dyn CacheBackend>,
     dir: &str,
 ) -> Result<Vec<Entry>, BackendError> {

@@ -4,11 +4,12 @@
 //! One GC, top to bottom ([`collect`]):
 //!
 //! ```text
-//!  list "" and "nar" once ─► read every narinfo, 128 in flight      read::Listing
+//!  list "", "nar", "log" once ─► read every narinfo, 128 in flight  read::Listing
 //!  read farmd/machines/*/*.json and farmd/pins/*.json               generations::Roots
 //!  list "" again: narinfos that appeared meanwhile are roots too
 //!  plan: retention keeps records ─► mark from roots + fresh paths   plan::Plan
-//!  sweep: records, narinfos (referrers first), NARs, temporaries    (not on a dry run)
+//!  sweep: records, narinfos (referrers first), NARs and logs,
+//!         temporaries                                               (not on a dry run)
 //!                                                                   ─► GcReport
 //! ```
 //!
@@ -49,9 +50,14 @@ pub async fn collect(
 ) -> anyhow::Result<GcReport> {
     let started = Instant::now();
     let in_cache = |what: &str| format!("cannot {what} the binary cache `{url}`");
-    let (listing, nar) = tokio::join!(read::list_and_read(backend), backend.list("nar"));
+    let (listing, nar, log) = tokio::join!(
+        read::list_and_read(backend),
+        backend.list("nar"),
+        generations::list_if_exists(backend, "log")
+    );
     let mut listing = listing.with_context(|| in_cache("read"))?;
     let nar = nar.with_context(|| in_cache("list"))?;
+    let log = log.with_context(|| in_cache("list"))?;
     if cancel.is_cancelled() {
         return Err(crate::run::Cancelled.into());
     }
@@ -80,7 +86,7 @@ pub async fn collect(
         }
     }
 
-    let plan = plan::plan(&listing, &nar, &roots, retention, SystemTime::now());
+    let plan = plan::plan(&listing, &nar, &log, &roots, retention, SystemTime::now());
     let mark_ms = started.elapsed().as_millis() as u64;
     let mut report = GcReport {
         cache: url.to_owned(),
@@ -97,7 +103,13 @@ pub async fn collect(
         deleted_paths: plan.garbage.len(),
         deleted_nars: plan.nars.len(),
         orphan_nars: plan.orphan_nars,
-        freed_bytes: plan.nars.iter().map(|(_, size)| size).sum(),
+        deleted_logs: plan.logs.len(),
+        freed_bytes: plan
+            .nars
+            .iter()
+            .chain(&plan.logs)
+            .map(|(_, size)| size)
+            .sum(),
         kept_paths: plan.live.len() + listing.unreadable.len(),
         kept_bytes: plan.kept_bytes,
         temporaries_removed: plan.temporaries.len(),

@@ -27,7 +27,9 @@ pub struct Plan {
     pub nars: Vec<(String, u64)>,
     /// Of `nars`, how many no narinfo pointed to even before this GC.
     pub orphan_nars: usize,
-    /// Bytes of the NAR files that stay.
+    /// Build logs (`log/<drv>`) whose derivation no surviving narinfo names as `Deriver:`.
+    pub logs: Vec<(String, u64)>,
+    /// Bytes of the NAR files and logs that stay.
     pub kept_bytes: u64,
     /// Stale temporary files to delete.
     pub temporaries: Vec<String>,
@@ -48,10 +50,11 @@ fn fresh(mtime: Option<SystemTime>, now: SystemTime, grace: Duration) -> bool {
     }
 }
 
-/// Decides what goes. `nar` is the listing of `nar/`.
+/// Decides what goes. `nar` and `log` are the listings of `nar/` and `log/`.
 pub fn plan(
     listing: &Listing,
     nar: &[Entry],
+    log: &[Entry],
     roots: &Roots,
     retention: &RetentionSettings,
     now: SystemTime,
@@ -161,12 +164,33 @@ pub fn plan(
         }
     }
 
+    // Build logs: `nix log` on a fleet machine asks for the log of a path's deriver, so a
+    // log stays while a surviving narinfo names its derivation. Without any unreadable
+    // narinfo (it might name one), like orphan NARs.
+    let derivers: BTreeSet<&str> = plan
+        .live
+        .iter()
+        .filter_map(|h| listing.paths[h].info.deriver.as_ref())
+        .map(StorePath::base_name)
+        .collect();
+    for e in log.iter().filter(|e| !e.is_dir && !is_temp_name(&e.name)) {
+        if derivers.contains(e.name.as_str())
+            || fresh(e.mtime, now, retention.grace)
+            || !listing.unreadable.is_empty()
+        {
+            plan.kept_bytes += e.size;
+        } else {
+            plan.logs.push((format!("log/{}", e.name), e.size));
+        }
+    }
+
     // Temporaries of interrupted uploads, in the root, nar/ and the record directories.
     let temps = listing
         .root
         .iter()
         .map(|e| (e.name.clone(), e))
         .chain(nar.iter().map(|e| (format!("nar/{}", e.name), e)))
+        .chain(log.iter().map(|e| (format!("log/{}", e.name), e)))
         .chain(roots.temporaries.iter().map(|(p, e)| (p.clone(), e)));
     for (path, e) in temps {
         if !e.is_dir && is_temp_name(&e.name) && !fresh(e.mtime, now, retention.grace) {

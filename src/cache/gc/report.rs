@@ -27,9 +27,12 @@ pub struct GcReport {
     /// NAR files deleted (of garbage paths, and orphans no narinfo pointed to).
     pub deleted_nars: usize,
     pub orphan_nars: usize,
-    /// Bytes of the NAR files deleted.
+    /// Build logs deleted (their derivation's outputs are gone).
+    #[serde(default)]
+    pub deleted_logs: usize,
+    /// Bytes of the NAR files and logs deleted.
     pub freed_bytes: u64,
-    /// Narinfos and NAR bytes that stay.
+    /// Narinfos, and NAR and log bytes, that stay.
     pub kept_paths: usize,
     pub kept_bytes: u64,
     pub temporaries_removed: usize,
@@ -107,7 +110,7 @@ impl fmt::Display for GcReport {
 /// 680 paths; 9 generations and 1 pin kept`.
 pub fn summary_line(r: &GcReport) -> String {
     format!(
-        "gc{} of {}: {} of {} paths {}, {} NARs ({} orphans), {} {}, {} kept in {} paths; \
+        "gc{} of {}: {} of {} paths {}, {} NARs ({} orphans), {} logs, {} {}, {} kept in {} paths; \
          {} generations and {} pins kept, {} records dropped, {} temporaries removed \
          (mark {:.1} s, sweep {:.1} s)",
         if r.dry_run { " (dry run)" } else { "" },
@@ -117,6 +120,7 @@ pub fn summary_line(r: &GcReport) -> String {
         if r.dry_run { "to delete" } else { "deleted" },
         r.deleted_nars,
         r.orphan_nars,
+        r.deleted_logs,
         bytes(r.freed_bytes),
         if r.dry_run { "to free" } else { "freed" },
         bytes(r.kept_bytes),

@@ -5,7 +5,8 @@
 //! 2. garbage narinfos in waves, referrers before references: a narinfo is deleted only once
 //!    every garbage narinfo referring to it is gone (no live one refers to it, or it would be
 //!    live), so every narinfo left names references that are still there;
-//! 3. NAR files, once no narinfo points at them any more;
+//! 3. NAR files, once no narinfo points at them any more, and the build logs of derivations
+//!    no narinfo names as its deriver any more;
 //! 4. stale temporaries.
 //!
 //! Within a step the removals are independent and pipelined, many in flight.
@@ -125,7 +126,8 @@ pub async fn sweep(
         remove_all(backend, files).await?;
     }
     check()?;
-    remove_all(backend, plan.nars.iter().map(|(n, _)| n.clone()).collect()).await?;
+    let files = plan.nars.iter().chain(&plan.logs);
+    remove_all(backend, files.map(|(n, _)| n.clone()).collect()).await?;
     remove_all(backend, plan.temporaries.clone()).await?;
     Ok(())
 }
