@@ -1,7 +1,8 @@
 //! One run, top to bottom. Each phase hands a plain value to the next:
 //!
 //! checkout → `Checkout { dir, rev }` → update → evaluate → `Vec<Machine>` → build →
-//! `MachineRecord`s → publish (the cache; next issue) → push → `RunRecord` in the history.
+//! `MachineRecord`s → publish (the cache, then a generation record per machine) → push →
+//! gc (`[cache.retention]`) → `RunRecord` in the history.
 //!
 //! Every phase change goes through [`Run::transition_to`], which updates the log, the history
 //! and the phase timings together so they never disagree. One machine failing never stops the

@@ -62,6 +62,18 @@ pub async fn collect(
         return Err(crate::run::Cancelled.into());
     }
     let roots = generations::read_roots(backend, read::READS_IN_FLIGHT).await?;
+    if roots.generations.is_empty() && roots.pins.is_empty() && !listing.paths.is_empty() {
+        // A cache filled by `nix copy`, `farmctl publish` or a farmd before generation
+        // records: collecting would empty it.
+        anyhow::bail!(
+            "the binary cache `{url}` has no GC roots (no generation records under `{}/` and no \
+             pins under `{}/`), so GC would delete all {} paths in it; let a farmd run publish \
+             first, or keep paths with `farmctl cache pin STORE_PATH --name NAME`",
+            generations::MACHINES_DIR,
+            generations::PINS_DIR,
+            listing.paths.len()
+        );
+    }
 
     // Narinfos written since the first listing (by a publish elsewhere): read them, so they
     // and what they refer to count as live (they are inside the grace period).

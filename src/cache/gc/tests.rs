@@ -429,3 +429,21 @@ async fn another_farms_machine_of_the_same_name_is_not_pushed_out() {
     assert!(!bed.has(&ours[0]) && !bed.has(&ours[1]) && bed.has(&ours[2]));
     assert_eq!(report.machines.len(), 2);
 }
+
+#[tokio::test]
+async fn a_cache_without_any_root_is_not_emptied() {
+    let mut bed = Bed::new();
+    bed.add("copied-by-nix-copy", &[], 5 * HOUR);
+    let before = bed.files();
+    let err = collect(
+        &bed.backend,
+        "test",
+        &retention(1),
+        false,
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("has no GC roots"), "{err:#}");
+    assert_eq!(bed.files(), before);
+}
