@@ -11,7 +11,9 @@
 //!      evaluate  (nix)      Vec<Machine { name, installable, drv }>
 //!      build     (nix)      Vec<BuildOutcome { machine, toplevel | error }>
 //!      publish   (cache)    PublishSummary { per root: closure, uploaded, already cached }
+//!                           + a signed generation record per machine on the cache (GC roots)
 //!      push      (git)      PushOutcome
+//!      gc        (cache)    GcReport { deleted, freed, kept, per machine }
 //!      record    (history)  RunRecord in SQLite
 //! ```
 //!
@@ -21,7 +23,8 @@
 //! - [`git`]: clone/fetch/reset/push with git2, host-key checking against known_hosts.
 //! - [`run`]: the pipeline and its phases (`evaluate`, `build`).
 //! - [`cache`]: the static binary cache: its formats (NAR, hashes, compression, keys, narinfo),
-//!   the transport seam (`backend`), the publisher (`publish`) and `verify`.
+//!   the transport seam (`backend`), the publisher (`publish`), `verify`, the generation
+//!   records on the cache (`generations`) and the retention GC (`gc`).
 //! - [`record`]: the plain structs a run produces (what the history stores and farmctl shows).
 //! - [`history`]: the embedded SQLite database under the state directory.
 //! - [`cli`]: farmctl's verbs that render records.

@@ -59,6 +59,8 @@ pub enum Phase {
     Build,
     Publish,
     Push,
+    /// Garbage collection of the cache (`[cache.retention] gc_after_publish`).
+    Gc,
     Record,
 }
 
@@ -71,6 +73,7 @@ impl Phase {
             Phase::Build => "build",
             Phase::Publish => "publish",
             Phase::Push => "push",
+            Phase::Gc => "gc",
             Phase::Record => "record",
         }
     }
@@ -226,6 +229,12 @@ pub struct RunRecord {
     /// The publish phase's totals (per-machine figures are in `machines[].publish`).
     #[serde(default)]
     pub publish: Option<crate::cache::publish::PublishSummary>,
+    /// The generation records written to the cache (one per machine published completely).
+    #[serde(default)]
+    pub generations: Vec<crate::cache::generations::Generation>,
+    /// What the GC phase deleted and kept (its `deleted` list left out).
+    #[serde(default)]
+    pub gc: Option<crate::cache::gc::GcReport>,
 }
 
 impl RunRecord {

@@ -20,7 +20,7 @@ fn a_run_publishes_every_built_closure_and_the_nix_client_substitutes_it() {
     let run = bed.farm.last_run(&bed.fleet);
     assert_eq!(
         phases(&run),
-        ["checkout", "update", "evaluate", "build", "publish", "push", "record"]
+        ["checkout", "update", "evaluate", "build", "publish", "push", "gc", "record"]
     );
     let total = &run["publish"];
     assert!(total["uploaded_paths"].as_u64().unwrap() > 0, "{total:#}");

@@ -131,6 +131,32 @@ enum CacheCommand {
         #[arg(long)]
         deep: bool,
     },
+    /// Delete what no kept generation (`[cache.retention]`) or pin needs, referrers before
+    /// references; prints what was (or would be) deleted, bytes freed and kept per machine.
+    Gc {
+        /// Only say what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+        /// The cache URL (default: `[cache] url` of the config).
+        #[arg(long, value_name = "URL")]
+        to: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Keep a store path's closure in the cache until unpinned (a root in `farmd/pins/`).
+    Pin {
+        store_path: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_name = "URL")]
+        to: Option<String>,
+    },
+    /// Remove a pin made with `farmctl cache pin`.
+    Unpin {
+        name: String,
+        #[arg(long, value_name = "URL")]
+        to: Option<String>,
+    },
 }
 
 fn main() {
@@ -310,6 +336,43 @@ async fn run(args: Args) -> anyhow::Result<i32> {
             } else {
                 exit::FAILED
             });
+        }
+        Command::Cache {
+            command: CacheCommand::Gc { dry_run, to, json },
+        } => {
+            let settings = config::load(&args.config)?;
+            let cancel = cancel_on_ctrl_c();
+            let report = cli::gc::gc(&settings, to.as_deref(), *dry_run, &cancel).await?;
+            if *json {
+                print_json(&report)?;
+            } else {
+                print!("{report}");
+            }
+            return Ok(exit::OK);
+        }
+        Command::Cache {
+            command:
+                CacheCommand::Pin {
+                    store_path,
+                    name,
+                    to,
+                },
+        } => {
+            let settings = config::load(&args.config)?;
+            let pin = cli::gc::pin(&settings, to.as_deref(), store_path, name).await?;
+            println!("pinned {} as `{}`", pin.path, pin.name);
+            return Ok(exit::OK);
+        }
+        Command::Cache {
+            command: CacheCommand::Unpin { name, to },
+        } => {
+            let settings = config::load(&args.config)?;
+            if cli::gc::unpin(&settings, to.as_deref(), name).await? {
+                println!("unpinned `{name}`");
+                return Ok(exit::OK);
+            }
+            println!("there is no pin `{name}`");
+            return Ok(exit::FAILED);
         }
         _ => {}
     }

@@ -16,11 +16,16 @@
 //! [`publish`] is the phase that drives it all: what to upload, in which order, with which
 //! keys, and the summary of what it did.
 //!
+//! [`generations`] are the signed records of what each machine runs (GC roots, on the cache
+//! itself) and [`gc`] deletes what no kept root needs, referrers before references.
+//!
 //! How the bytes reach the cache directory is [`backend`]'s job: the `CacheBackend` seam with
 //! its SFTP and local-directory transports, the only async, networked part of this module.
 
 pub mod backend;
 mod compress;
+pub mod gc;
+pub mod generations;
 mod hash;
 mod nar;
 mod narinfo;

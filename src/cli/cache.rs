@@ -22,7 +22,10 @@ use crate::process::Limits;
 use crate::types::StorePath;
 
 /// The `[cache]` section, with `--to` overriding its URL.
-fn cache_settings(settings: &Settings, to: Option<&str>) -> anyhow::Result<CacheSettings> {
+pub(crate) fn cache_settings(
+    settings: &Settings,
+    to: Option<&str>,
+) -> anyhow::Result<CacheSettings> {
     let Some(cache) = &settings.cache else {
         bail!(
             "`{}` has no [cache] section: add one with `url` and `secret_key_files` (see the \
@@ -75,6 +78,14 @@ pub async fn publish(
     roots.sort();
     roots.dedup();
 
+    // Not while this farm's GC runs. Best effort: whoever may publish may not own the state dir.
+    let _lock = match crate::cache::gc::CacheLock::acquire(&settings.state.dir).await {
+        Ok(lock) => Some(lock),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "publishing without the cache lock; a GC of this farm running now could race");
+            None
+        }
+    };
     let line = ProgressLine::new(std::io::stderr().is_terminal());
     let summary = publish::publish(&cache, &nix, &roots, &[], cancel, &|p| line.show(p)).await;
     line.clear();

@@ -117,6 +117,16 @@ pub fn render_run(run: &RunRecord, style: &Style) -> String {
         field("publish", &publish_line(p));
     }
     field("push", &push(run.push.as_ref()));
+    if !run.generations.is_empty() {
+        let names: Vec<&str> = run.generations.iter().map(|g| g.machine.as_str()).collect();
+        field("generations", &format!("recorded for {}", names.join(", ")));
+    }
+    if let Some(gc) = &run.gc {
+        field("gc", &gc_line(gc));
+        for m in &gc.machines {
+            let _ = writeln!(out, "  {:<14}{}", "", machine_gc_line(m));
+        }
+    }
 
     if !run.phases.is_empty() {
         out.push_str("\nphases\n");
@@ -213,6 +223,9 @@ pub fn render_summary(run: &RunRecord, style: &Style) -> String {
     if let Some(outcome) = &run.push {
         let _ = writeln!(out, "push: {}", push(Some(outcome)));
     }
+    if let Some(gc) = &run.gc {
+        let _ = writeln!(out, "gc: {}", gc_line(gc));
+    }
     out.push_str(&log_locations(run));
     let _ = writeln!(out, "details: farmctl show {}", run.id);
     out
@@ -230,6 +243,35 @@ fn publish_line(p: &crate::cache::publish::PublishSummary) -> String {
         bytes(p.uploaded_file_bytes),
         p.already_cached,
         duration_ms(p.duration_ms)
+    )
+}
+
+/// `12 paths deleted (3.4 MiB freed), 640 kept (450.0 MiB), 2 records dropped`.
+fn gc_line(gc: &crate::cache::gc::GcReport) -> String {
+    use crate::cache::publish::bytes;
+    format!(
+        "{} paths deleted ({} freed), {} kept ({}), {} records dropped, in {}",
+        gc.deleted_paths,
+        bytes(gc.freed_bytes),
+        gc.kept_paths,
+        bytes(gc.kept_bytes),
+        gc.records_deleted.len(),
+        duration_ms(gc.mark_ms + gc.sweep_ms)
+    )
+}
+
+/// `alpha: 3 generations kept (9 paths, 1.2 MiB), 1 dropped (4 paths, 200 KiB freed)`.
+fn machine_gc_line(m: &crate::cache::gc::MachineGc) -> String {
+    use crate::cache::publish::bytes;
+    format!(
+        "{}: {} generations kept ({} paths, {}), {} dropped ({} paths, {} freed)",
+        m.machine,
+        m.generations_kept,
+        m.kept_paths,
+        bytes(m.kept_bytes),
+        m.generations_dropped,
+        m.freed_paths,
+        bytes(m.freed_bytes)
     )
 }
 

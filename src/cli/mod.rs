@@ -5,6 +5,7 @@
 
 pub mod cache;
 pub mod check_config;
+pub mod gc;
 pub mod history;
 pub mod report;
 pub mod status;

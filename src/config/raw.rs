@@ -229,6 +229,31 @@ pub struct RawCache {
     pub upload_logs: bool,
     pub ssh_identity: Option<PathBuf>,
     pub ssh_known_hosts: Option<PathBuf>,
+    pub retention: RawRetention,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawRetention {
+    /// Default: 3.
+    pub keep_generations: usize,
+    /// Default: 14.
+    pub keep_days: u32,
+    /// A humantime duration. Default: `1h`.
+    pub grace: String,
+    /// Default: true.
+    pub gc_after_publish: bool,
+}
+
+impl Default for RawRetention {
+    fn default() -> Self {
+        RawRetention {
+            keep_generations: 3,
+            keep_days: 14,
+            grace: "1h".into(),
+            gc_after_publish: true,
+        }
+    }
 }
 
 impl Default for RawCache {
@@ -243,6 +268,7 @@ impl Default for RawCache {
             upload_logs: true,
             ssh_identity: None,
             ssh_known_hosts: None,
+            retention: RawRetention::default(),
         }
     }
 }
@@ -400,6 +426,12 @@ impl From<&Settings> for RawConfig {
                 upload_logs: c.upload_logs,
                 ssh_identity: c.ssh_identity.clone(),
                 ssh_known_hosts: c.ssh_known_hosts.clone(),
+                retention: RawRetention {
+                    keep_generations: c.retention.keep_generations.get(),
+                    keep_days: c.retention.keep_days,
+                    grace: duration(&c.retention.grace),
+                    gc_after_publish: c.retention.gc_after_publish,
+                },
             }),
             schedule: RawSchedule {
                 cron: s.schedule.cron.clone(),
@@ -431,6 +463,7 @@ pub fn schema() -> Vec<(&'static str, &'static [&'static str])> {
         ("build.attributes", fields_of::<RawAttributes>()),
         ("state", fields_of::<RawState>()),
         ("cache", fields_of::<RawCache>()),
+        ("cache.retention", fields_of::<RawRetention>()),
         ("schedule", fields_of::<RawSchedule>()),
         ("control", fields_of::<RawControl>()),
         ("hooks", fields_of::<RawHooks>()),

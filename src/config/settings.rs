@@ -146,6 +146,24 @@ pub struct CacheSettings {
     pub ssh_identity: Option<PathBuf>,
     /// known_hosts for SFTP (default: ssh's own).
     pub ssh_known_hosts: Option<PathBuf>,
+    /// `[cache.retention]`: what garbage collection keeps.
+    pub retention: RetentionSettings,
+}
+
+/// `[cache.retention]`: GC keeps the closures of these generations (and of pins) and deletes
+/// the rest of the cache.
+#[derive(Clone, Debug, Serialize)]
+pub struct RetentionSettings {
+    /// The newest generations of every machine kept (default: 3).
+    pub keep_generations: NonZeroUsize,
+    /// Every generation younger than this many days is kept too (default: 14).
+    pub keep_days: u32,
+    /// Files written more recently than this are never deleted, so another writer's publish
+    /// in flight is never broken (default: 1h).
+    #[serde(with = "humantime_serde_compat")]
+    pub grace: Duration,
+    /// Collect garbage as a phase after every run's publish (default: true).
+    pub gc_after_publish: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

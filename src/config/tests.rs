@@ -739,4 +739,53 @@ fn the_examples_commented_defaults_are_the_real_defaults() {
     for key in ["compression", "jobs", "priority", "upload_logs"] {
         assert_eq!(example["cache"][key], cache[key], "cache.{key}");
     }
+    for key in ["keep_generations", "keep_days", "grace", "gc_after_publish"] {
+        assert_eq!(
+            example["cache"]["retention"][key], cache["retention"][key],
+            "cache.retention.{key}"
+        );
+    }
+}
+
+#[test]
+fn retention_has_defaults_and_refuses_keeping_no_generation() {
+    let cache = |extra: &str| {
+        with_url(&format!(
+            "[cache]\nurl = \"file:///srv/cache\"\nsecret_key_files = [\"/k\"]\n{extra}"
+        ))
+    };
+    let r = parse_ok(&cache("")).cache.unwrap().retention;
+    assert_eq!(
+        (
+            r.keep_generations.get(),
+            r.keep_days,
+            r.grace,
+            r.gc_after_publish
+        ),
+        (3, 14, std::time::Duration::from_secs(3600), true)
+    );
+    let r = parse_ok(&cache(
+        "[cache.retention]\nkeep_generations = 5\nkeep_days = 0\ngrace = \"10m\"\ngc_after_publish = false\n",
+    ))
+    .cache
+    .unwrap()
+    .retention;
+    assert_eq!(
+        (
+            r.keep_generations.get(),
+            r.keep_days,
+            r.grace,
+            r.gc_after_publish
+        ),
+        (5, 0, std::time::Duration::from_secs(600), false)
+    );
+    let e = error(&cache("[cache.retention]\nkeep_generations = 0\n"));
+    assert_mentions(
+        &e,
+        &["`cache.retention.keep_generations` is 0", "at least 1"],
+    );
+    let e = error(&cache("[cache.retention]\ngrace = \"soon\"\n"));
+    assert_mentions(&e, &["`cache.retention.grace` is `soon`"]);
+    let e = error(&cache("[cache.retention]\nkeep_generation = 2\n"));
+    assert_mentions(&e, &["keep_generations"]);
 }

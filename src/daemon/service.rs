@@ -431,6 +431,7 @@ fn describe_run(machines: &[MachineRecord], phase: Option<Phase>) -> String {
         }
         Some(Phase::Publish) => format!("publishing {}{failed}", plural(total, "machine")),
         Some(Phase::Push) => format!("pushing the lock commit{failed}"),
+        Some(Phase::Gc) => format!("collecting garbage in the cache{failed}"),
         Some(Phase::Record) => format!("recording the run{failed}"),
     }
 }

@@ -161,7 +161,8 @@ impl History {
             let updated = tx.execute(
                 "UPDATE runs SET trigger = ?2, requested_by = ?3, started_at = ?4,
                     finished_at = ?5, status = ?6, rev_before = ?7, rev_after = ?8,
-                    lock_changed = ?9, push = ?10, error = ?11, phases = ?12, publish = ?13
+                    lock_changed = ?9, push = ?10, error = ?11, phases = ?12, publish = ?13,
+                    generations = ?14, gc = ?15
                  WHERE id = ?1",
                 params![
                     record.id,
@@ -177,6 +178,8 @@ impl History {
                     record.error,
                     Json(&record.phases),
                     record.publish.as_ref().map(Json),
+                    Json(&record.generations),
+                    record.gc.as_ref().map(Json),
                 ],
             )?;
             if updated == 0 {
@@ -303,7 +306,7 @@ impl History {
 }
 
 const RUN_COLUMNS: &str = "id, trigger, requested_by, started_at, finished_at, status, \
-    rev_before, rev_after, lock_changed, push, error, phases, publish";
+    rev_before, rev_after, lock_changed, push, error, phases, publish, generations, gc";
 
 /// A run row as selected with [`RUN_COLUMNS`]; its machines are read by [`with_machines`].
 fn run_from_row(row: &Row<'_>) -> rusqlite::Result<RunRecord> {
@@ -322,6 +325,8 @@ fn run_from_row(row: &Row<'_>) -> rusqlite::Result<RunRecord> {
         phases: row.get::<_, Json<_>>(11)?.0,
         machines: Vec::new(),
         publish: row.get::<_, Option<Json<_>>>(12)?.map(|j| j.0),
+        generations: row.get::<_, Json<_>>(13)?.0,
+        gc: row.get::<_, Option<Json<_>>>(14)?.map(|j| j.0),
     })
 }
 

@@ -43,6 +43,9 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     // 2: what the publish phase did, per run and per machine (always read whole: JSON).
     "ALTER TABLE runs ADD COLUMN publish TEXT;
     ALTER TABLE machines ADD COLUMN publish TEXT;",
+    // 3: the generation records a run wrote to the cache and what its GC did (JSON).
+    "ALTER TABLE runs ADD COLUMN generations TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE runs ADD COLUMN gc TEXT;",
 ];
 
 /// What [`migrate`] found.

@@ -56,6 +56,8 @@ fn full_record(id: RunId) -> RunRecord {
         }),
         error: Some("a run error\n -> its cause".to_owned()),
         publish: None,
+        generations: Vec::new(),
+        gc: None,
         phases: [
             Phase::Checkout,
             Phase::Update,
@@ -114,6 +116,8 @@ fn begin_records_a_running_run() {
             push: None,
             error: None,
             publish: None,
+            generations: Vec::new(),
+            gc: None,
             phases: vec![],
             machines: vec![],
         }
@@ -383,6 +387,8 @@ fn run_with(history: &History, started_at: i64, outcomes: &[(&str, MachineStatus
         push: None,
         error: None,
         publish: None,
+        generations: Vec::new(),
+        gc: None,
         phases: vec![],
         machines: outcomes
             .iter()

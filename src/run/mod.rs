@@ -1,7 +1,8 @@
 //! One run, top to bottom. Each phase hands a plain value to the next:
 //!
 //! checkout → `Checkout { dir, rev }` → update → evaluate → `Vec<Machine>` → build →
-//! `MachineRecord`s → publish (the cache; next issue) → push → `RunRecord` in the history.
+//! `MachineRecord`s → publish (the cache, then a generation record per machine) → push →
+//! gc (`[cache.retention]`) → `RunRecord` in the history.
 //!
 //! Every phase change goes through [`Run::transition_to`], which updates the log, the history
 //! and the phase timings together so they never disagree. One machine failing never stops the
@@ -91,6 +92,8 @@ pub async fn run_once(farm: &Farm<'_>, request: RunRequest) -> anyhow::Result<Ru
             phases: Vec::new(),
             machines: Vec::new(),
             publish: None,
+            generations: Vec::new(),
+            gc: None,
         },
     };
     let span = tracing::info_span!("run", run = id);
@@ -218,6 +221,37 @@ impl Run<'_> {
                 reason: "push = \"never\"".to_owned(),
             });
         }
+
+        if let Some(cache) = self.settings().cache.clone() {
+            if cache.retention.gc_after_publish {
+                self.check_cancelled()?;
+                self.transition_to(Some(Phase::Gc));
+                self.gc(&cache).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// After publish and push: delete what no kept generation or pin needs. A failed GC
+    /// leaves the cache consistent; the run is reported failed, not errored.
+    async fn gc(&mut self, cache: &crate::config::CacheSettings) -> anyhow::Result<()> {
+        let state = self.settings().state.dir.clone();
+        match crate::cache::gc::gc(cache, &state, false, self.cancel()).await {
+            Ok(mut report) => {
+                report.deleted.clear(); // counted in deleted_paths; the list can be long
+                self.record.gc = Some(report);
+            }
+            Err(e) if e.is::<Cancelled>() => return Err(e),
+            Err(e) => {
+                let e = format!("{:#}", e.context("garbage collection of the cache failed"));
+                warn!(error = %e, "gc failed");
+                self.record.error = Some(match self.record.error.take() {
+                    Some(before) => format!("{before}\n{e}"),
+                    None => e,
+                });
+            }
+        }
+        self.save();
         Ok(())
     }
 
@@ -552,6 +586,8 @@ impl Run<'_> {
             .iter()
             .filter_map(|m| Some((m.drv_path.clone()?, m.log_path.clone()?.into())))
             .collect();
+        // No GC of this farm may run between finding paths cached and recording the roots.
+        let _lock = crate::cache::gc::CacheLock::acquire(&self.settings().state.dir).await?;
         let summary = match crate::cache::publish::publish(
             cache,
             &self.nix,
@@ -596,6 +632,40 @@ impl Run<'_> {
         let mut totals = summary;
         totals.roots.clear(); // kept per machine
         self.record.publish = Some(totals);
+        self.save();
+        self.record_generations(cache).await
+    }
+
+    /// The GC roots: a signed record on the cache for every machine whose closure is now
+    /// complete there.
+    async fn record_generations(
+        &mut self,
+        cache: &crate::config::CacheSettings,
+    ) -> anyhow::Result<()> {
+        let farm = crate::cache::generations::farm_id(&self.settings().state.dir);
+        let time = chrono::Utc::now().timestamp();
+        let generations = self
+            .record
+            .machines
+            .iter()
+            .filter(|m| m.publish.as_ref().is_some_and(|p| p.complete))
+            .filter_map(|m| {
+                Some(crate::cache::generations::Generation {
+                    farm: farm.clone(),
+                    machine: m.name.clone(),
+                    toplevel: m.toplevel.clone()?,
+                    rev: self.record.rev_after.clone(),
+                    time,
+                    run: self.record.id,
+                    sigs: Vec::new(),
+                })
+            })
+            .collect();
+        self.record.generations = crate::cache::gc::record_generations(cache, generations).await?;
+        info!(
+            count = self.record.generations.len(),
+            "generation records written"
+        );
         self.save();
         Ok(())
     }

@@ -11,6 +11,7 @@
 //! - [`Nginx`] (`nginx.rs`): a real nginx on 127.0.0.1 serving a cache directory over HTTP.
 //! - [`CacheBed`] (`cache.rs`): a fleet + sshd + farm publishing over SFTP, and cache checks.
 //! - [`Farm`] (`farm.rs`): a config for a fleet, a state dir, and the real farmd/farmctl.
+//! - `synthetic.rs`: signed narinfos and NARs written straight into a cache directory.
 //! - `process.rs`: running commands and panicking with their whole output on failure.
 //!
 //! All tests share the global /nix/store, so every fleet salts every derivation with a
@@ -26,6 +27,7 @@ mod fleet;
 mod nginx;
 mod process;
 mod sshd;
+pub mod synthetic;
 
 pub use cache::{closure_problems, substitute, temporaries, CacheBed};
 pub use daemon::RunningFarmd;

@@ -41,6 +41,8 @@ fn failed_run() -> RunRecord {
         }),
         error: None,
         publish: None,
+        generations: Vec::new(),
+        gc: None,
         phases: vec![
             PhaseTiming {
                 phase: Phase::Checkout,
@@ -99,6 +101,8 @@ fn quick_run(id: RunId, status: RunStatus, trigger: Trigger) -> RunRecord {
         }),
         error: None,
         publish: None,
+        generations: Vec::new(),
+        gc: None,
         phases: vec![],
         machines: vec![],
     }
@@ -160,6 +164,8 @@ fn show_of_a_run_that_could_not_start_names_who_asked_and_why() {
         push: None,
         error: Some("failed to fetch `git@example.org:fleet.git`\n -> connection refused".into()),
         publish: None,
+        generations: Vec::new(),
+        gc: None,
         phases: vec![],
         machines: vec![],
     };

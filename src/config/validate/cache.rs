@@ -5,8 +5,8 @@ use std::num::NonZeroUsize;
 use std::path::{Component, Path};
 
 use super::{Context, Result};
-use crate::config::raw::{RawCache, RawCompression};
-use crate::config::settings::{CacheSettings, Compression};
+use crate::config::raw::{RawCache, RawCompression, RawRetention};
+use crate::config::settings::{CacheSettings, Compression, RetentionSettings};
 
 pub(super) fn cache(c: RawCache, cx: &Context) -> Result<CacheSettings> {
     let url = c.url.ok_or_else(|| {
@@ -93,6 +93,23 @@ pub(super) fn cache(c: RawCache, cx: &Context) -> Result<CacheSettings> {
         upload_logs: c.upload_logs,
         ssh_identity: cx.opt_path("cache.ssh_identity", c.ssh_identity)?,
         ssh_known_hosts: cx.opt_path("cache.ssh_known_hosts", c.ssh_known_hosts)?,
+        retention: retention(c.retention, cx)?,
+    })
+}
+
+fn retention(r: RawRetention, cx: &Context) -> Result<RetentionSettings> {
+    let keep_generations = NonZeroUsize::new(r.keep_generations).ok_or_else(|| {
+        cx.invalid(
+            "cache.retention.keep_generations",
+            "is 0, so GC could delete the generation a machine is about to upgrade to",
+            "keep at least 1 generation per machine (default 3)",
+        )
+    })?;
+    Ok(RetentionSettings {
+        keep_generations,
+        keep_days: r.keep_days,
+        grace: cx.duration("cache.retention.grace", &r.grace, "1h")?,
+        gc_after_publish: r.gc_after_publish,
     })
 }
 

@@ -19,6 +19,8 @@ fn record(status: RunStatus) -> RunRecord {
         // Quotes, a newline and non-ASCII must arrive byte for byte.
         error: Some("nix said \"no\"\nüber alles".into()),
         publish: None,
+        generations: Vec::new(),
+        gc: None,
         phases: Vec::new(),
         machines: Vec::new(),
     }
