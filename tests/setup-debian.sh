@@ -14,6 +14,7 @@ packages=(
   util-linux         # unshare: the journald test's private mount namespace
   build-essential pkg-config libssl-dev  # libgit2 / libssh2 / sqlite are built from source by cargo
   ca-certificates
+  sshfs rsync python3 time  # tests/bench/publish.sh: the yardsticks, the delay relay, peak RSS
 )
 missing=()
 for p in "${packages[@]}"; do
