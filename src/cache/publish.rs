@@ -54,7 +54,8 @@ pub struct Settings {
     pub keys: Arc<Vec<SigningKey>>,
     pub compression: Compression,
     pub level: i32,
-    /// NARs compressed and uploaded at once.
+    /// Large NARs compressed and uploaded at once (small ones: up to 4× as many, see
+    /// `schedule`).
     pub jobs: usize,
     pub priority: u32,
     pub upload_logs: bool,
