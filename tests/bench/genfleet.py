@@ -257,7 +257,7 @@ let
         eval "d=\\$$o"
         mkdir -p $d
         echo "$o ${{toString k}} $salt $1" > $d/file
-        [ $# -gt 0 ] && shift
+        if [ $# -gt 0 ]; then shift; fi
       done
     '' ];
   }};

@@ -58,7 +58,8 @@ cleanup() {
     rm -rf "$B/gcroots"
     if [[ -s $B/generated-paths ]]; then
       # Only the paths this run generated (unique salt), never a GC of the whole store.
-      xargs nix-store --delete <"$B/generated-paths" >/dev/null 2>&1
+      # One invocation: across several (xargs), a reference could be deleted before its referrer.
+      nix-store --delete $(sort -u "$B/generated-paths") >/dev/null 2>&1
     fi
     rm -rf "$B"
   fi
@@ -134,7 +135,7 @@ dir = "$B/state"
 [control]
 socket = "$B/control.sock"
 [cache]
-url = "file://$B/unused"
+url = "sftp://root@127.0.0.1:$port$B/remote/default" # every run passes --to
 secret_key_files = ["$B/cache.sk"]
 compression = "$2"
 level = $3
@@ -155,8 +156,11 @@ python3 "$here/genfleet.py" "$B/gen" "$salt"
 build() { # OUT-LINK NIX-BUILD-ARGS… → prints the output paths
   local link=$1
   shift
-  nix build "$@" --max-jobs 4 --json --out-link "$B/gcroots/$link" 2>>"$B/build.log" |
-    python3 -c 'import json,sys; print(" ".join(o["outputs"][k] for o in json.load(sys.stdin) for k in o["outputs"]))'
+  local outs
+  outs=$(nix build "$@" --max-jobs 4 --json --out-link "$B/gcroots/$link" 2>>"$B/build.log" |
+    python3 -c 'import json,sys; print(" ".join(o["outputs"][k] for o in json.load(sys.stdin) for k in o["outputs"]))')
+  nix-store -qR $outs >>"$B/generated-paths" # deleted at the end (unless KEEP=1)
+  echo "$outs"
 }
 t0=$(date +%s)
 old=$(build old -f "$B/gen/fleet.nix" hosts)
@@ -164,13 +168,12 @@ new=$(build new -f "$B/gen/fleet.nix" hosts --argstr nightly 1)
 many=$(build many -f "$B/gen/many.nix")
 want rss && big=$(build big -f "$B/gen/big.nix") || big=
 log "built in $(($(date +%s) - t0)) s"
-nix-store -qR $old $new $many $big >"$B/generated-paths"
-stats() { # ROOTS… → "paths bytes"
-  nix path-info --json -r "$@" | python3 -c 'import json,sys; d=json.load(sys.stdin); d=d.values() if isinstance(d,dict) else d; d=list(d); print(len(d), sum(x["narSize"] for x in d))'
+stats() { # [-r] PATHS… → "paths bytes" (-r: of their closure)
+  nix path-info --json "$@" | python3 -c 'import json,sys; d=json.load(sys.stdin); d=d.values() if isinstance(d,dict) else d; d=list(d); print(len(d), sum(x["narSize"] for x in d))'
 }
-read -r old_paths old_bytes < <(stats $old)
-read -r new_paths new_bytes < <(stats $new)
-read -r many_paths _ < <(stats $many)
+read -r old_paths old_bytes < <(stats -r $old)
+read -r new_paths new_bytes < <(stats -r $new)
+read -r many_paths _ < <(stats -r $many)
 delta=$(comm -13 <(nix-store -qR $old | sort) <(nix-store -qR $new | sort))
 read -r delta_paths delta_bytes < <(stats $delta)
 per_host=$(for t in $old; do nix-store -qR "$t" | wc -l; done | tr '\n' ' ')
@@ -185,15 +188,15 @@ sample() {
   shift 2
   local load
   load=$(cut -d' ' -f1 /proc/loadavg)
-  if ! /usr/bin/time -f '%e %M' -o "$B/time.out" "$@" >"$B/last.out" 2>"$B/last.err"; then
+  if ! /usr/bin/time -f '%e %M %U %S' -o "$B/time.out" "$@" >"$B/last.out" 2>"$B/last.err"; then
     echo "FAILED: $name: $*" >&2
     cat "$B/last.err" >&2
     exit 1
   fi
-  read -r secs rss <"$B/time.out"
-  # /usr/bin/time prints 2 decimals: for sub-second cases take our own clock instead.
-  printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$rep" "$secs" "$rss" "$load" >>"$results"
-  log "$name #$rep: ${secs}s (rss ${rss} KiB, load $load)"
+  read -r secs rss user sys <"$B/time.out"
+  # /usr/bin/time prints 2 decimals: the sub-second cases use `precise` instead.
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$rep" "$secs" "$rss" "$load" "$(awk "BEGIN { print $user + $sys }")" >>"$results"
+  log "$name #$rep: ${secs}s (cpu $user+$sys s, rss ${rss} KiB, load $load)"
 }
 # precise NAME REP CMD…: wall time with ns resolution (for the sub-second no-op cases).
 precise() {
@@ -208,10 +211,13 @@ precise() {
     exit 1
   fi
   t1=$(date +%s%N)
-  printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$rep" "$(awk -v ns=$((t1 - t0)) 'BEGIN { printf "%.4f", ns / 1e9 }')" 0 "$load" >>"$results"
+  printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$rep" "$(awk -v ns=$((t1 - t0)) 'BEGIN { printf "%.4f", ns / 1e9 }')" 0 "$load" 0 >>"$results"
   log "$name #$rep: $(((t1 - t0) / 1000000)) ms (load $load)"
 }
-farm() { "$FARMCTL" --config "$B/farm-$1.toml" publish --json --to "$2" "${@:3}"; }
+# farm COMPRESSION URL ROOTS…: `farmctl publish` with that config (a script: /usr/bin/time runs it).
+printf '#!/bin/sh\nc=$1; shift\nexec %s --config %s/farm-$c.toml publish --json --to "$@"\n' "$FARMCTL" "$B" >"$B/bin/farm"
+chmod +x "$B/bin/farm"
+farm=$B/bin/farm
 clone() { rm -rf "$2" && cp -al "$1" "$2"; } # hard links: every tool renames new files in
 
 mount_sshfs() { # HOST MOUNTPOINT
@@ -224,7 +230,7 @@ if want lo || want incr || want wan; then
   mount_sshfs bench-lo "$B/mnt-lo"
   for r in $(seq "$REPS"); do
     mkdir -p "$B/remote/ff$r"
-    sample farm_full_lo "$r" farm zstd "$(lo_url ff$r)" $old
+    sample farm_full_lo "$r" "$farm" zstd "$(lo_url ff$r)" $old
     sample nix_full_local "$r" nix copy --to "file://$B/local/nf$r?$nix_zstd" $old
     sample nix_full_sshfs_lo "$r" nix copy --to "file://$B/mnt-lo/nsf$r?$nix_zstd" $old
     # Keep the first of each as the base of the incremental cases.
@@ -238,14 +244,14 @@ if want incr || want wan; then
     clone "$B/remote/ff1" "$B/remote/fi$r"
     clone "$B/local/nf1" "$B/local/ni$r"
     clone "$B/remote/nsf1" "$B/remote/nsi$r"
-    sample farm_incr_lo "$r" farm zstd "$(lo_url fi$r)" $new
+    sample farm_incr_lo "$r" "$farm" zstd "$(lo_url fi$r)" $new
     sample nix_incr_local "$r" nix copy --to "file://$B/local/ni$r?$nix_zstd" $new
     sample nix_incr_sshfs_lo "$r" nix copy --to "file://$B/mnt-lo/nsi$r?$nix_zstd" $new
     if ((r > 1)); then rm -rf "$B/remote/fi$r" "$B/local/ni$r" "$B/remote/nsi$r"; fi
   done
   log "== loopback, no-op"
   for r in $(seq "$REPS"); do
-    sample farm_noop_lo "$r" farm zstd "$(lo_url fi1)" $new
+    sample farm_noop_lo "$r" "$farm" zstd "$(lo_url fi1)" $new
     sample nix_noop_local "$r" nix copy --to "file://$B/local/ni1?$nix_zstd" $new
     sample nix_noop_sshfs_lo "$r" nix copy --to "file://$B/mnt-lo/nsi1?$nix_zstd" $new
   done
@@ -274,11 +280,11 @@ for p in sorted(info, key=lambda p: p.split("-", 1)[1]):
         closure(p, chosen)
         roots.append(p)
 print(" ".join(roots))' "$XZ_SUBSET")
-  read -r xz_paths xz_bytes < <(stats $xz_roots)
+  read -r xz_paths xz_bytes < <(stats -r $xz_roots)
   log "== loopback, xz 6: $xz_paths paths, $xz_bytes bytes of NAR"
   for r in $(seq "$REPS"); do
     mkdir -p "$B/remote/fx$r"
-    sample farm_xz_lo "$r" farm xz "$(lo_url fx$r)" $xz_roots
+    sample farm_xz_lo "$r" "$farm" xz "$(lo_url fx$r)" $xz_roots
     sample nix_xz_local "$r" nix copy --to "file://$B/local/nx$r?$nix_xz" $xz_roots
     rm -rf "$B/remote/fx$r" "$B/local/nx$r"
   done
@@ -290,7 +296,7 @@ if want wan; then
   mount_sshfs bench-wan "$B/mnt-wan"
   for r in $(seq "$REPS"); do
     mkdir -p "$B/remote/fw$r"
-    sample farm_full_wan "$r" env PATH="$B/bin:$PATH" "$FARMCTL" --config "$B/farm-zstd.toml" publish --json --to "$(wan_url fw$r)" $old
+    sample farm_full_wan "$r" env PATH="$B/bin:$PATH" "$farm" zstd "$(wan_url fw$r)" $old
     sample rsync_full_wan "$r" rsync -a -e "ssh -F $B/ssh_config" "$B/local/nf1/" "bench-wan:$B/remote/rw$r/"
     rm -rf "$B/remote/fw$r" "$B/remote/rw$r"
   done
@@ -303,14 +309,14 @@ if want wan; then
     clone "$B/remote/ff1" "$B/remote/fiw$r"
     clone "$B/remote/nsf1" "$B/remote/nsiw$r"
     clone "$B/local/nf1" "$B/remote/riw$r"
-    sample farm_incr_wan "$r" env PATH="$B/bin:$PATH" "$FARMCTL" --config "$B/farm-zstd.toml" publish --json --to "$(wan_url fiw$r)" $new
+    sample farm_incr_wan "$r" env PATH="$B/bin:$PATH" "$farm" zstd "$(wan_url fiw$r)" $new
     sample nix_incr_sshfs_wan "$r" nix copy --to "file://$B/mnt-wan/nsiw$r?$nix_zstd" $new
     sample rsync_incr_wan "$r" rsync -a -e "ssh -F $B/ssh_config" "$B/local/ni1/" "bench-wan:$B/remote/riw$r/"
     if ((r > 1)); then rm -rf "$B/remote/fiw$r" "$B/remote/nsiw$r" "$B/remote/riw$r"; fi
   done
   log "== ${rtt} ms RTT, no-op"
   for r in $(seq "$REPS"); do
-    precise farm_noop_wan "$r" env PATH="$B/bin:$PATH" "$FARMCTL" --config "$B/farm-zstd.toml" publish --json --to "$(wan_url fiw1)" $new
+    precise farm_noop_wan "$r" env PATH="$B/bin:$PATH" "$farm" zstd "$(wan_url fiw1)" $new
     precise nix_noop_sshfs_wan "$r" nix copy --to "file://$B/mnt-wan/nsiw1?$nix_zstd" $new
     precise rsync_noop_wan "$r" rsync -a -e "ssh -F $B/ssh_config" "$B/local/ni1/" "bench-wan:$B/remote/riw1/"
     precise ssh_connect_wan "$r" ssh -F "$B/ssh_config" bench-wan true
@@ -320,20 +326,20 @@ fi
 if want many; then
   log "== no-op of $many_paths paths on loopback"
   mkdir -p "$B/remote/many"
-  sample farm_many_first 1 farm zstd "$(lo_url many)" $many
+  sample farm_many_first 1 "$farm" zstd "$(lo_url many)" $many
   for r in $(seq "$REPS"); do
-    precise farm_many_noop "$r" farm zstd "$(lo_url many)" $many
+    precise farm_many_noop "$r" "$farm" zstd "$(lo_url many)" $many
     precise ssh_connect_lo "$r" ssh -F "$B/ssh_config" bench-lo true
     precise nix_path_info_many "$r" nix path-info --json -r $many
   done
 fi
 
 if want rss; then
-  read -r big_paths big_bytes < <(stats $big)
+  read -r big_paths big_bytes < <(stats -r $big)
   log "== peak RSS, one path of $big_bytes bytes of NAR"
   for r in $(seq "$REPS"); do
     mkdir -p "$B/remote/big$r"
-    sample farm_big_lo "$r" farm zstd "$(lo_url big$r)" $big
+    sample farm_big_lo "$r" "$farm" zstd "$(lo_url big$r)" $big
     rm -rf "$B/remote/big$r"
   done
 fi

@@ -12,8 +12,8 @@ from collections import defaultdict
 
 samples = defaultdict(list)
 for line in open(sys.argv[1]):
-    name, rep, secs, rss, load = line.rstrip("\n").split("\t")
-    samples[name].append((float(secs), int(rss), float(load)))
+    name, rep, secs, rss, load, cpu = line.rstrip("\n").split("\t")
+    samples[name].append((float(secs), int(rss), float(load), float(cpu)))
 facts = {}
 for line in open(sys.argv[2]):
     if "=" in line:
@@ -105,6 +105,10 @@ if (x := med("farm_big_lo", 1)) is not None:
 p("")
 
 extra = []
+if "farm_full_lo" in samples and "nix_full_local" in samples:
+    extra.append(f"CPU (user+sys) of the client process tree, loopback full: farmctl {med('farm_full_lo', 3):.2f} s "
+                 f"(without its ssh child and the server's sshd/sftp-server), nix copy to a local dir "
+                 f"{med('nix_full_local', 3):.2f} s")
 if "farm_full_lo" in samples:
     extra.append(f"peak RSS of farmctl publishing the whole fleet on loopback: {med('farm_full_lo', 1) / 1024:.0f} MiB")
 if "ssh_connect_wan" in samples:
