@@ -126,7 +126,7 @@ ssh -F "$B/ssh_config" bench-lo true
 # ---------------------------------------------------------------- keys and configs
 nix-store --generate-binary-cache-key "bench-$salt" "$B/cache.sk" "$B/cache.pk"
 chmod 600 "$B/cache.sk"
-farm_config() { # FILE COMPRESSION LEVEL
+farm_config() { # FILE COMPRESSION LEVEL [JOBS]
   cat >"$1" <<EOF
 [repo]
 url = "$B/no-repo"
@@ -139,12 +139,14 @@ url = "sftp://root@127.0.0.1:$port$B/remote/default" # every run passes --to
 secret_key_files = ["$B/cache.sk"]
 compression = "$2"
 level = $3
+jobs = ${4:-4}
 ssh_identity = "$B/client_key"
 ssh_known_hosts = "$B/known_hosts"
 EOF
 }
 farm_config "$B/farm-zstd.toml" zstd 3
 farm_config "$B/farm-xz.toml" xz 6
+farm_config "$B/farm-zstd-jobs8.toml" zstd 3 8
 nix_zstd="compression=zstd&compression-level=3&secret-key=$B/cache.sk"
 nix_xz="compression=xz&compression-level=6&secret-key=$B/cache.sk"
 lo_url() { echo "sftp://root@127.0.0.1:$port$B/remote/$1"; }
@@ -211,7 +213,7 @@ precise() {
     exit 1
   fi
   t1=$(date +%s%N)
-  printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$rep" "$(awk -v ns=$((t1 - t0)) 'BEGIN { printf "%.4f", ns / 1e9 }')" 0 "$load" 0 >>"$results"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$rep" "$(awk -v ns=$((t1 - t0)) 'BEGIN { printf "%.4f", ns / 1e9 }')" 0 "$load" 0 >>"$results"
   log "$name #$rep: $(((t1 - t0) / 1000000)) ms (load $load)"
 }
 # farm COMPRESSION URL ROOTS…: `farmctl publish` with that config (a script: /usr/bin/time runs it).
@@ -295,8 +297,10 @@ if want wan; then
   log "== ${rtt} ms RTT (relay), full"
   mount_sshfs bench-wan "$B/mnt-wan"
   for r in $(seq "$REPS"); do
-    mkdir -p "$B/remote/fw$r"
+    mkdir -p "$B/remote/fw$r" "$B/remote/fw$r-8"
     sample farm_full_wan "$r" env PATH="$B/bin:$PATH" "$farm" zstd "$(wan_url fw$r)" $old
+    sample farm_full_wan_jobs8 "$r" env PATH="$B/bin:$PATH" "$farm" zstd-jobs8 "$(wan_url fw$r-8)" $old
+    rm -rf "$B/remote/fw$r-8"
     sample rsync_full_wan "$r" rsync -a -e "ssh -F $B/ssh_config" "$B/local/nf1/" "bench-wan:$B/remote/rw$r/"
     rm -rf "$B/remote/fw$r" "$B/remote/rw$r"
   done

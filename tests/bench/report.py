@@ -111,6 +111,9 @@ if "farm_full_lo" in samples and "nix_full_local" in samples:
                  f"{med('nix_full_local', 3):.2f} s")
 if "farm_full_lo" in samples:
     extra.append(f"peak RSS of farmctl publishing the whole fleet on loopback: {med('farm_full_lo', 1) / 1024:.0f} MiB")
+if "farm_full_wan_jobs8" in samples:
+    extra.append(f"full publish at {f.get('rtt_ms')} ms RTT with `jobs = 8` (8 large, 32 small NARs in flight): "
+                 f"{cell('farm_full_wan_jobs8')}, {ratio('farm_full_wan_jobs8', 'rsync_full_wan')} rsync")
 if "ssh_connect_wan" in samples:
     extra.append(f"one SSH connection at {f.get('rtt_ms')} ms RTT: {med('ssh_connect_wan'):.3f} s")
 if "nix_path_info_many" in samples:
