@@ -16,6 +16,7 @@ packages=(
   debootstrap        # builds that container's Debian rootfs once (tests/nspawn/rootfs.sh)
   build-essential pkg-config libssl-dev  # libgit2 / libssh2 / sqlite are built from source by cargo
   ca-certificates
+  sshfs rsync python3 time  # tests/bench/publish.sh: the yardsticks, the delay relay, peak RSS
 )
 missing=()
 for p in "${packages[@]}"; do

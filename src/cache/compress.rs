@@ -52,6 +52,12 @@ impl Compression {
     }
 }
 
+/// Input per zstd worker job. zstd's default is 4 × the window (8 MiB at level 3, more at
+/// higher levels) and it buffers several jobs per worker: publishing one 1 GiB NAR at level 3
+/// peaked at 129 MiB RSS, with 2 MiB jobs at 50 MiB (1 MiB: 38 MiB), for 0.2 % more output
+/// (tests/bench, BENCHMARKS.md). Jobs still see the end of the previous one (zstd's overlap).
+const ZSTD_JOB_SIZE: u32 = 2 * 1024 * 1024;
+
 /// A writer compressing into `W`. Call [`Compressor::finish`] to write the end of the stream
 /// and get `W` back: dropping it without that leaves a truncated file.
 pub enum Compressor<W: Write> {
@@ -62,10 +68,10 @@ pub enum Compressor<W: Write> {
 
 /// Makes a compressor for `c` at `level` (zstd 1–22, xz 0–9; ignored for `None`) with `threads`
 /// worker threads. zstd and xz both cut the input into independent blocks and compress them in
-/// parallel, so one large NAR uses every core (blocks are several MiB: zstd's jobs grow with the
-/// level, xz's are 3× its dictionary, 24 MiB at level 6, so small NARs stay on one thread; the
-/// publisher's parallel jobs cover those). The output is an ordinary single stream that any Nix
-/// decompresses.
+/// parallel, so one large NAR uses every core (blocks are several MiB: zstd's are
+/// [`ZSTD_JOB_SIZE`], xz's 3× its dictionary, 24 MiB at level 6, so small NARs stay on one
+/// thread; the publisher's parallel jobs cover those). The output is an ordinary single stream
+/// that any Nix decompresses.
 pub fn compressor<W: Write>(
     c: Compression,
     level: i32,
@@ -78,6 +84,7 @@ pub fn compressor<W: Write>(
             // One thread means "compress in this thread", not a worker plus this thread.
             if threads.get() > 1 {
                 enc.multithread(threads.get())?;
+                enc.set_parameter(zstd::stream::raw::CParameter::JobSize(ZSTD_JOB_SIZE))?;
             }
             Compressor::Zstd(enc)
         }

@@ -54,7 +54,8 @@ pub struct Settings {
     pub keys: Arc<Vec<SigningKey>>,
     pub compression: Compression,
     pub level: i32,
-    /// NARs compressed and uploaded at once.
+    /// Large NARs compressed and uploaded at once (small ones: up to 4× as many, see
+    /// `schedule`).
     pub jobs: usize,
     pub priority: u32,
     pub upload_logs: bool,
@@ -118,10 +119,14 @@ pub async fn publish(
     progress: &ProgressFn<'_>,
 ) -> anyhow::Result<PublishSummary> {
     let settings = Settings::load(cache)?;
-    let closure = query_closure(nix, roots, cancel).await?;
-    let backend = backend::open(&settings.url, &settings.ssh)
-        .await
-        .with_context(|| format!("cannot open the binary cache `{}`", settings.url))?;
+    // Both take a while (`nix path-info` of a big closure, the SSH handshake): at once.
+    let (closure, backend) = tokio::join!(
+        query_closure(nix, roots, cancel),
+        backend::open(&settings.url, &settings.ssh)
+    );
+    let closure = closure?;
+    let backend =
+        backend.with_context(|| format!("cannot open the binary cache `{}`", settings.url))?;
     publish_closure(
         &backend, &settings, nix, roots, closure, logs, cancel, progress,
     )

@@ -136,7 +136,8 @@ pub struct CacheSettings {
     pub compression: Compression,
     /// Compression level (default: 3 for zstd, 6 for xz).
     pub level: i32,
-    /// Paths compressed and uploaded at once (default: 4).
+    /// Paths of 1 MiB of NAR or more compressed and uploaded at once, and a quarter of the
+    /// paths in flight in all (default: 4).
     pub jobs: NonZeroUsize,
     /// `Priority:` in nix-cache-info (default: 40).
     pub priority: u32,

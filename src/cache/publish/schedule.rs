@@ -1,12 +1,16 @@
 //! Parallel uploads, narinfos in dependency order: the heart of "closure-complete at every
 //! instant".
 //!
-//! Up to `jobs` NARs stream at once, in dependency order so that narinfos can follow early. A
-//! path's narinfo is written (temp + rename, signed with every key) only once its NAR is in
-//! place AND the narinfos of all its references exist — already cached, or committed earlier
-//! in this run. A path that fails (corrupt, unreadable) is reported and its referrers are held
-//! back, forever lacking a narinfo, while independent paths go on. A failure of the cache
-//! itself (full disk, lost connection, permission) stops everything: it would fail every path.
+//! Up to `jobs` large NARs stream at once, and up to [`SMALL_FACTOR`] × `jobs` NARs in all
+//! (with xz: `jobs` in all): a small NAR costs a handful of round trips (open, fsync, close,
+//! rename, its narinfo) rather than CPU or memory, so over a 20 ms link 4 at a time left the
+//! link idle most of the time. They start in dependency order so that narinfos can follow
+//! early. A path's narinfo is written (temp + rename, signed with every key) only once its NAR
+//! is in place AND the narinfos of all its references exist — already cached, or committed
+//! earlier in this run. A path that fails (corrupt, unreadable) is reported and its referrers
+//! are held back, forever lacking a narinfo, while independent paths go on. A failure of the
+//! cache itself (full disk, lost connection, permission) stops everything: it would fail every
+//! path.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -19,9 +23,17 @@ use super::stream::{upload_nar, NarError, UploadedNar};
 use super::summary::{HeldBack, PathFailure, Published};
 use super::{Progress, ProgressFn, Settings};
 use crate::cache::backend::{BackendError, CacheBackend};
-use crate::cache::{narinfo_file_name, NarInfo};
+use crate::cache::{narinfo_file_name, Compression, NarInfo};
 use crate::nix::PathInfo;
 use crate::types::StorePath;
+
+/// NARs smaller than this are "small": compressed on one thread, and never more than this
+/// much of one is queued between compressor and upload, so many in flight cost little memory.
+pub const SMALL_NAR: u64 = 1024 * 1024;
+/// Small NARs in flight per `jobs` (the number of large ones), with zstd or no compression.
+/// An xz encoder takes ~100 MiB at the default level whatever the input size (its match
+/// finder is sized by the dictionary), so with xz every NAR counts as large.
+pub const SMALL_FACTOR: usize = 4;
 
 /// What the schedule achieved (when the cache itself did not fail).
 #[derive(Debug, Default)]
@@ -69,7 +81,17 @@ pub async fn run(
         }
     }
 
-    let mut queue: VecDeque<StorePath> = missing.into_iter().map(|i| i.path).collect();
+    // Two queues, each in dependency order; `order` says which path came first overall.
+    let (mut small, mut large): (VecDeque<_>, VecDeque<_>) = missing
+        .into_iter()
+        .enumerate()
+        .map(|(order, i)| (order, i.path))
+        .partition(|(_, p)| infos[p].nar_size < SMALL_NAR);
+    let mut large_in_flight = 0;
+    let in_flight_max = match settings.compression {
+        Compression::Xz => settings.jobs,
+        Compression::Zstd | Compression::None => settings.jobs * SMALL_FACTOR,
+    };
     let mut nars: JoinSet<(StorePath, Result<UploadedNar, NarError>)> = JoinSet::new();
     let mut narinfos: JoinSet<(StorePath, Result<u64, BackendError>)> = JoinSet::new();
     let mut nar_ready: BTreeMap<StorePath, UploadedNar> = BTreeMap::new();
@@ -83,8 +105,20 @@ pub async fn run(
     progress(&shown);
 
     loop {
-        while nars.len() < settings.jobs && !queue.is_empty() {
-            let path = queue.pop_front().expect("not empty");
+        while nars.len() < in_flight_max {
+            // The first path in dependency order, unless it is large and `jobs` large ones
+            // are running: then the first small one.
+            let large_first = match (small.front(), large.front()) {
+                (_, None) => false,
+                (None, Some(_)) => true,
+                (Some((s, _)), Some((l, _))) => l < s,
+            };
+            let next = if large_first && large_in_flight < settings.jobs {
+                large.pop_front()
+            } else {
+                small.pop_front()
+            };
+            let Some((_, path)) = next else { break };
             let info = Arc::clone(&infos[&path]);
             if let Some(bad) = info.references.iter().find(|r| failed_or_held.contains(*r)) {
                 out.held_back.push(HeldBack {
@@ -93,6 +127,9 @@ pub async fn run(
                 });
                 failed_or_held.insert(path);
                 continue;
+            }
+            if info.nar_size >= SMALL_NAR {
+                large_in_flight += 1;
             }
             let backend = Arc::clone(backend);
             let (compression, level) = (settings.compression, settings.level);
@@ -111,6 +148,9 @@ pub async fn run(
             }
             Some(done) = nars.join_next() => {
                 let (path, result) = done.expect("NAR upload task panicked");
+                if infos[&path].nar_size >= SMALL_NAR {
+                    large_in_flight -= 1;
+                }
                 match result {
                     Ok(nar) => {
                         tracing::debug!(path = %path, url = %nar.url, size = nar.file_size, "NAR in place");
