@@ -290,11 +290,7 @@ fn sigterm_during_a_build_cancels_the_run_kills_nix_and_exits_0() {
     fleet.set_sleep("alpha", 120);
     let farm = Farm::new(&fleet);
     let mut farmd = RunningFarmd::start(&farm, &fleet, &[]);
-    let out = farm.farmctl(&fleet, ["trigger"]);
-    assert!(out.status.success(), "{}", stderr_of(&out));
-    farmd.wait_for(Duration::from_secs(30), |m| {
-        m.contains("STATUS=building") && m.contains("alpha")
-    });
+    farmd.trigger_and_wait_building(&farm, &fleet, "alpha");
     std::thread::sleep(Duration::from_millis(500));
 
     farmd.signal(Signal::TERM);
@@ -365,11 +361,7 @@ fn log_follow_streams_a_build_log_until_the_run_ends() {
     fleet.set_sleep("alpha", 3);
     let farm = Farm::new(&fleet);
     let mut farmd = RunningFarmd::start(&farm, &fleet, &[]);
-    let out = farm.farmctl(&fleet, ["trigger"]);
-    assert!(out.status.success(), "{}", stderr_of(&out));
-    farmd.wait_for(Duration::from_secs(30), |m| {
-        m.contains("STATUS=building") && m.contains("alpha")
-    });
+    farmd.trigger_and_wait_building(&farm, &fleet, "alpha");
     let started = Instant::now();
     let out = farm.farmctl(&fleet, ["log", "1", "alpha", "--follow"]);
     assert!(out.status.success(), "{}", stderr_of(&out));

@@ -7,9 +7,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{
-    closure_problems, run, stderr_of, stdout_of, substitute, temporaries, CacheBed, Nginx,
-};
+use common::{closure_problems, stderr_of, stdout_of, substitute, temporaries, CacheBed, Nginx};
 
 #[test]
 fn fleet_closures_substitute_from_the_sftp_cache_with_require_sigs() {
@@ -55,21 +53,7 @@ fn fleet_closures_substitute_from_the_sftp_cache_with_require_sigs() {
     assert!(!store.join(toplevels[0].trim_start_matches('/')).exists());
 
     // Nix's own verification and ours agree that everything is signed and complete.
-    let file_url = format!("file://{}", bed.cache.display());
-    run(bed
-        .fleet
-        .env()
-        .command("nix")
-        .args([
-            "store",
-            "verify",
-            "--store",
-            &file_url,
-            "--trusted-public-keys",
-            &bed.public_key,
-            "-r",
-        ])
-        .args(&toplevels));
+    bed.assert_nix_verifies(&toplevels);
     let out = bed.farm.farmctl(&bed.fleet, ["cache", "verify", "--deep"]);
     assert!(
         out.status.success(),

@@ -79,11 +79,16 @@ fn assert_complete_and_clean(bed: &CacheBed, roots: &[String]) {
 #[test]
 fn kill_9_at_random_moments_never_breaks_a_closure() {
     let bed = CacheBed::new();
-    let roots = vec![big_chain(&bed, 10, 4)];
+    let roots = vec![big_chain(&bed, 10, 8)];
     let mut killed_mid_publish = 0;
-    for round in 0..4 {
+    // Early windows first: once a publish completes, later rounds have nothing left to do, so
+    // a fast publisher would otherwise outrun every kill.
+    for (round, (lo, hi)) in [(50, 600), (200, 1200), (400, 2000), (150, 2500)]
+        .into_iter()
+        .enumerate()
+    {
         let mut child = spawn_publish(&bed, &roots);
-        let ms = random_ms(150, 2500);
+        let ms = random_ms(lo, hi);
         std::thread::sleep(Duration::from_millis(ms));
         let _ = child.kill(); // SIGKILL
         let status = child.wait().unwrap();
@@ -167,21 +172,7 @@ fn full_remote_disk_is_reported_and_nothing_published_is_damaged() {
         assert!(path.exists(), "{} disappeared", path.display());
     }
     // What was published before is still whole and correctly signed.
-    let file_url = format!("file://{}", bed.cache.display());
-    run(bed
-        .fleet
-        .env()
-        .command("nix")
-        .args([
-            "store",
-            "verify",
-            "--store",
-            &file_url,
-            "--trusted-public-keys",
-            &bed.public_key,
-            "-r",
-        ])
-        .args(&toplevels));
+    bed.assert_nix_verifies(&toplevels);
 }
 
 #[test]

@@ -94,6 +94,19 @@ impl CacheBed {
         summary.expect("farmctl publish --json prints the summary")
     }
 
+    /// `nix store verify` (Nix's own judgement) passes on the closures of `roots` in the cache
+    /// directory, with the farm's key trusted.
+    pub fn assert_nix_verifies(&self, roots: &[String]) {
+        let file_url = format!("file://{}", self.cache.display());
+        run(self
+            .fleet
+            .env()
+            .command("nix")
+            .args(["store", "verify", "--store", &file_url])
+            .args(["--trusted-public-keys", &self.public_key, "-r"])
+            .args(roots));
+    }
+
     /// Every path of the closures of `roots`, per the local store.
     pub fn closure(&self, roots: &[String]) -> BTreeSet<String> {
         let out = self.fleet.env().nix(

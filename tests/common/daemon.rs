@@ -67,6 +67,15 @@ impl RunningFarmd {
         farmd
     }
 
+    /// `farmctl trigger` (no wait), then waits until `STATUS=` says `machine` is building.
+    pub fn trigger_and_wait_building(&mut self, farm: &Farm, fleet: &Fleet, machine: &str) {
+        let out = farm.farmctl(fleet, ["trigger"]);
+        assert!(out.status.success(), "{}", super::process::stderr_of(&out));
+        self.wait_for(Duration::from_secs(30), |m| {
+            m.contains("STATUS=building") && m.contains(machine)
+        });
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }
