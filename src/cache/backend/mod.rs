@@ -78,20 +78,58 @@ pub trait CacheBackend: Send + Sync + std::fmt::Debug {
     /// Returns the bytes written. On failure, the temporary file is removed (best effort) and
     /// `path` is untouched.
     async fn write_atomic(&self, path: &str, contents: Bytes) -> Result<u64, BackendError> {
+        let staged = self.stage(path, contents).await?;
+        let size = staged.size;
+        self.commit(staged).await?;
+        Ok(size)
+    }
+
+    /// The first half of [`write_atomic`](Self::write_atomic): writes `contents` (fsynced) to
+    /// a temporary name next to `path`, not yet visible under `path`. [`commit`](Self::commit)
+    /// renames it into place; a staged file never committed must be removed
+    /// ([`remove`](Self::remove) its `tmp`). On failure, nothing is left behind (best effort).
+    async fn stage(&self, path: &str, contents: Bytes) -> Result<Staged, BackendError> {
         let tmp = temp_name(path)?;
         let result = async {
             let mut upload = self.create(&tmp).await?;
             upload.write(contents).await?;
-            let size = upload.finish().await?;
-            self.rename(&tmp, path).await?;
-            Ok(size)
+            upload.finish().await
         }
         .await;
+        match result {
+            Ok(size) => Ok(Staged {
+                tmp,
+                path: path.to_owned(),
+                size,
+            }),
+            Err(e) => {
+                let _ = self.remove(&tmp).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Renames a [`stage`](Self::stage)d file into place (atomically replacing what was
+    /// there). On failure the temporary file is removed (best effort).
+    async fn commit(&self, staged: Staged) -> Result<(), BackendError> {
+        let result = self.rename(&staged.tmp, &staged.path).await;
         if result.is_err() {
-            let _ = self.remove(&tmp).await;
+            let _ = self.remove(&staged.tmp).await;
         }
         result
     }
+}
+
+/// A file written under a temporary name by [`CacheBackend::stage`], waiting to be renamed into
+/// place by [`CacheBackend::commit`].
+#[derive(Clone, Debug)]
+pub struct Staged {
+    /// The temporary name it is written under.
+    pub tmp: String,
+    /// Where it goes.
+    pub path: String,
+    /// Bytes written.
+    pub size: u64,
 }
 
 /// A file being written, chunk by chunk, without holding it in memory.

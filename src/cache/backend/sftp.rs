@@ -4,14 +4,20 @@
 //! Uploads are pipelined: each chunk batch (up to OpenSSH's 255 KiB write limit) is one
 //! zero-copy write request at its own offset on a clone of the file handle, and up to
 //! `writes_in_flight` of them wait for their answer at once, so throughput is not one round
-//! trip per request. OpenSSH's sftp-server answers a full disk with a generic "Failure";
-//! such failures on writes are checked against `statvfs` to say "disk full" when it is.
+//! trip per request. The fsync goes out right behind the last write, without waiting for the
+//! writes' answers: the server handles one session's requests in order, so a file costs three
+//! round trips (open; the last write's and the fsync's answers; the caller's rename) however
+//! long the link. OpenSSH's sftp-server answers a full disk with a generic "Failure"; such
+//! failures on writes are checked against `statvfs` to say "disk full" when it is.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -255,6 +261,7 @@ impl CacheBackend for SftpBackend {
         match file {
             Ok(file) => Ok(Box::new(SftpUpload {
                 shared: Arc::clone(s),
+                split: Arc::new(AtomicBool::new(false)),
                 file: Some(file),
                 path: full,
                 pending: VecDeque::new(),
@@ -330,6 +337,9 @@ impl CacheBackend for SftpBackend {
 /// requests, each on a clone of the handle at its own offset (SFTP writes carry the offset).
 struct SftpUpload {
     shared: Arc<Shared>,
+    /// Set when a batch took more than one request (a server announcing a smaller write
+    /// limit than OpenSSH's): its later requests may have left after the fsync.
+    split: Arc<AtomicBool>,
     /// `None` once finished, aborted or failed.
     file: Option<File>,
     path: PathBuf,
@@ -343,14 +353,15 @@ struct SftpUpload {
 impl SftpUpload {
     /// Takes up to [`WRITE_LEN`] bytes off the front of `pending`, without copying.
     fn take_batch(&mut self) -> Vec<Bytes> {
+        let limit = WRITE_LEN;
         let mut batch = Vec::new();
         let mut len = 0;
-        while len < WRITE_LEN {
+        while len < limit {
             let Some(mut chunk) = self.pending.pop_front() else {
                 break;
             };
-            if len + chunk.len() > WRITE_LEN {
-                let rest = chunk.split_off(WRITE_LEN - len);
+            if len + chunk.len() > limit {
+                let rest = chunk.split_off(limit - len);
                 self.pending.push_front(rest);
             }
             len += chunk.len();
@@ -361,7 +372,9 @@ impl SftpUpload {
     }
 
     /// Sends one batch as a write request, first waiting for room among those in flight.
-    async fn send(&mut self, mut batch: Vec<Bytes>) -> Result<(), BackendError> {
+    /// The request is queued on the session before this returns (see [`queue_now`]), so
+    /// requests leave in the order of the calls: what `finish` relies on.
+    async fn send(&mut self, batch: Vec<Bytes>) -> Result<(), BackendError> {
         while self.in_flight.len() >= self.shared.writes_in_flight {
             self.reap_one().await?;
         }
@@ -369,13 +382,33 @@ impl SftpUpload {
             return Err(self.gone());
         };
         let mut file = file.clone();
+        let mut batch = batch;
         let len: usize = batch.iter().map(Bytes::len).sum();
         let offset = self.offset;
         self.offset += len as u64;
-        self.in_flight.spawn(async move {
+        let split = Arc::clone(&self.split);
+        let write = async move {
             Pin::new(&mut file).start_seek(SeekFrom::Start(offset))?;
-            file.write_all_zero_copy(&mut batch).await
-        });
+            // One request (sent on the first poll) when the server takes WRITE_LEN at once,
+            // as OpenSSH's does; otherwise the rest follows in further requests.
+            let written = file.write_zero_copy(&batch).await?;
+            if written < len {
+                split.store(true, Ordering::Relaxed);
+                let mut rest: Vec<Bytes> = batch.drain(..).collect();
+                let mut skip = written;
+                rest.retain_mut(|b| {
+                    let n = skip.min(b.len());
+                    skip -= n;
+                    *b = b.slice(n..);
+                    !b.is_empty()
+                });
+                file.write_all_zero_copy(&mut rest).await?;
+            }
+            Ok(())
+        };
+        if let Some(Err(e)) = queue_now(&mut self.in_flight, write).await {
+            return Err(self.fail("write", &e).await);
+        }
         Ok(())
     }
 
@@ -440,26 +473,76 @@ impl Upload for SftpUpload {
             let batch = self.take_batch();
             self.send(batch).await?;
         }
+        if !self.shared.sftp.support_fsync() {
+            // No fsync to pipeline: every write answered, then a close whose answer counts.
+            while !self.in_flight.is_empty() {
+                self.reap_one().await?;
+            }
+            let file = self.file.take().expect("checked above");
+            if let Err(e) = file.close().await {
+                let mapped = self.shared.error("write", &self.path, &e, true).await;
+                let _ = self.shared.sftp.fs().remove_file(&self.path).await;
+                return Err(mapped);
+            }
+            return Ok(self.offset);
+        }
+        // The fsync goes out behind the last write (queued in order, answered in order), so
+        // the writes' answers and the fsync's arrive within one round trip. It syncs the whole
+        // file, so success means every byte is on disk; any error fails the upload.
+        let mut synced = self.file.clone().expect("checked above");
+        let mut fsync = JoinSet::new();
+        let queued = queue_now(&mut fsync, async move { synced.sync_all().await }).await;
+        let fsync_result = async {
+            if let Some(done) = queued {
+                return done;
+            }
+            match fsync.join_next().await.expect("one task") {
+                Ok(done) => done,
+                Err(join) => std::panic::resume_unwind(join.into_panic()),
+            }
+        };
         while !self.in_flight.is_empty() {
             self.reap_one().await?;
         }
-        let mut file = self.file.take().expect("checked above");
-        if self.shared.sftp.support_fsync() {
-            if let Err(e) = file.sync_all().await {
-                self.file = Some(file);
-                return Err(self.fail("write", &e).await);
-            }
+        let mut synced = fsync_result.await;
+        if synced.is_ok() && self.split.load(Ordering::Relaxed) {
+            // Some writes left after that fsync: one more, now that all are answered.
+            let mut file = self.file.clone().expect("checked above");
+            synced = file.sync_all().await;
         }
-        if let Err(e) = file.close().await {
-            let mapped = self.shared.error("write", &self.path, &e, true).await;
-            let _ = self.shared.sftp.fs().remove_file(&self.path).await;
-            return Err(mapped);
+        if let Err(e) = synced {
+            return Err(self.fail("write", &e).await);
         }
+        // Dropping the last handle sends the close without waiting for its answer: the data
+        // is durable already, and the caller's rename does not need the handle closed.
+        drop(self.file.take());
         Ok(self.offset)
     }
 
     async fn abort(mut self: Box<Self>) {
         self.discard().await;
+    }
+}
+
+/// Polls `request` once, which puts its SFTP request on the session's send queue (the client
+/// queues a request synchronously on first poll, before awaiting the answer), then lets `set`
+/// wait for the answer. Spawning it directly would let the runtime send requests out of
+/// order. Returns the result if it was already there.
+async fn queue_now<F>(
+    set: &mut JoinSet<Result<(), SftpError>>,
+    request: F,
+) -> Option<Result<(), SftpError>>
+where
+    F: Future<Output = Result<(), SftpError>> + Send + 'static,
+{
+    let mut request = Box::pin(request);
+    let first = std::future::poll_fn(|cx| Poll::Ready(request.as_mut().poll(cx))).await;
+    match first {
+        Poll::Ready(done) => Some(done),
+        Poll::Pending => {
+            set.spawn(request);
+            None
+        }
     }
 }
 

@@ -2,27 +2,33 @@
 //! instant".
 //!
 //! Up to `jobs` large NARs stream at once, and up to [`SMALL_FACTOR`] × `jobs` NARs in all
-//! (with xz: `jobs` in all): a small NAR costs a handful of round trips (open, fsync, close,
-//! rename, its narinfo) rather than CPU or memory, so over a 20 ms link 4 at a time left the
-//! link idle most of the time. They start in dependency order so that narinfos can follow
-//! early. A path's narinfo is written (temp + rename, signed with every key) only once its NAR
-//! is in place AND the narinfos of all its references exist — already cached, or committed
-//! earlier in this run. A path that fails (corrupt, unreadable) is reported and its referrers
-//! are held back, forever lacking a narinfo, while independent paths go on. A failure of the
-//! cache itself (full disk, lost connection, permission) stops everything: it would fail every
-//! path.
+//! (with xz: `jobs` in all): a small NAR costs round trips (open; writes + fsync; rename; its
+//! narinfo's open, write + fsync, rename) rather than CPU or memory, so over a 20 ms link a few
+//! at a time leave the link idle. Small NARs compress at most one per core at once (a
+//! semaphore), however many wait on the network. They start in dependency order so that
+//! narinfos can follow early.
+//!
+//! A path's narinfo (signed with every key) is *staged* — written and fsynced under a
+//! temporary name — as soon as its NAR is in place, and *committed* — renamed to
+//! `<hash>.narinfo` — only once the narinfos of all its references exist (already cached, or
+//! committed earlier in this run). So a chain of dependencies costs one rename per level, not
+//! a whole upload. A path that fails (corrupt, unreadable) is reported and its referrers are
+//! held back, forever lacking a narinfo (their staged ones are removed), while independent
+//! paths go on. A failure of the cache itself (full disk, lost connection, permission) stops
+//! everything: it would fail every path.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::stream::{upload_nar, NarError, UploadedNar};
 use super::summary::{HeldBack, PathFailure, Published};
 use super::{Progress, ProgressFn, Settings};
-use crate::cache::backend::{BackendError, CacheBackend};
+use crate::cache::backend::{BackendError, CacheBackend, Staged};
 use crate::cache::{narinfo_file_name, Compression, NarInfo};
 use crate::nix::PathInfo;
 use crate::types::StorePath;
@@ -33,7 +39,7 @@ pub const SMALL_NAR: u64 = 1024 * 1024;
 /// Small NARs in flight per `jobs` (the number of large ones), with zstd or no compression.
 /// An xz encoder takes ~100 MiB at the default level whatever the input size (its match
 /// finder is sized by the dictionary), so with xz every NAR counts as large.
-pub const SMALL_FACTOR: usize = 4;
+pub const SMALL_FACTOR: usize = 16;
 
 /// What the schedule achieved (when the cache itself did not fail).
 #[derive(Debug, Default)]
@@ -93,9 +99,13 @@ pub async fn run(
         Compression::Zstd | Compression::None => settings.jobs * SMALL_FACTOR,
     };
     let mut nars: JoinSet<(StorePath, Result<UploadedNar, NarError>)> = JoinSet::new();
-    let mut narinfos: JoinSet<(StorePath, Result<u64, BackendError>)> = JoinSet::new();
+    let mut staging: JoinSet<(StorePath, Result<Staged, BackendError>)> = JoinSet::new();
+    let mut commits: JoinSet<(StorePath, Result<(), BackendError>)> = JoinSet::new();
+    // NARs in place whose narinfo is not committed yet; staged narinfos waiting for references.
     let mut nar_ready: BTreeMap<StorePath, UploadedNar> = BTreeMap::new();
+    let mut staged = StagedNarinfos::new(backend);
     let mut failed_or_held: BTreeSet<StorePath> = BTreeSet::new();
+    let cpu = Arc::new(Semaphore::new(cores()));
     let mut out = Outcome::default();
     let mut shown = Progress {
         paths_total: infos.len(),
@@ -128,22 +138,27 @@ pub async fn run(
                 failed_or_held.insert(path);
                 continue;
             }
-            if info.nar_size >= SMALL_NAR {
+            // Large NARs are bounded by `jobs`; small ones share one compression slot per core.
+            let cpu = if info.nar_size >= SMALL_NAR {
                 large_in_flight += 1;
-            }
+                None
+            } else {
+                Some(Arc::clone(&cpu))
+            };
             let backend = Arc::clone(backend);
             let (compression, level) = (settings.compression, settings.level);
             nars.spawn(async move {
-                let r = upload_nar(&backend, &info, compression, level).await;
+                let r = upload_nar(&backend, &info, compression, level, cpu).await;
                 (info.path.clone(), r)
             });
         }
-        if nars.is_empty() && narinfos.is_empty() {
+        if nars.is_empty() && staging.is_empty() && commits.is_empty() {
             break;
         }
         tokio::select! {
             _ = cancel.cancelled() => {
                 // Dropping the sets aborts the tasks; their uploads remove their temporaries.
+                staged.discard();
                 return Err(ScheduleError::Cancelled);
             }
             Some(done) = nars.join_next() => {
@@ -157,12 +172,13 @@ pub async fn run(
                         shown.nar_bytes_done += infos[&path].nar_size;
                         shown.file_bytes_done += nar.file_size;
                         progress(&shown);
-                        if waiting[&path] == 0 {
-                            spawn_narinfo(&mut narinfos, backend, settings, &infos[&path], &nar);
-                        }
+                        spawn_stage(&mut staging, backend, settings, &infos[&path], &nar);
                         nar_ready.insert(path, nar);
                     }
-                    Err(NarError::Backend(e)) => return Err(e.into()),
+                    Err(NarError::Backend(e)) => {
+                        staged.discard();
+                        return Err(e.into());
+                    }
                     Err(e) => {
                         tracing::warn!(path = %path, error = %e, "path not published");
                         out.failed.push(PathFailure { path: path.clone(), error: e.to_string() });
@@ -170,9 +186,27 @@ pub async fn run(
                     }
                 }
             }
-            Some(done) = narinfos.join_next() => {
+            Some(done) = staging.join_next() => {
                 let (path, result) = done.expect("narinfo task panicked");
-                result?;
+                let narinfo = match result {
+                    Ok(narinfo) => narinfo,
+                    Err(e) => {
+                        staged.discard();
+                        return Err(e.into());
+                    }
+                };
+                if waiting[&path] == 0 {
+                    spawn_commit(&mut commits, backend, path, narinfo);
+                } else {
+                    staged.insert(path, narinfo);
+                }
+            }
+            Some(done) = commits.join_next() => {
+                let (path, result) = done.expect("narinfo task panicked");
+                if let Err(e) = result {
+                    staged.discard();
+                    return Err(e.into());
+                }
                 let nar = nar_ready.remove(&path).expect("narinfo follows its NAR");
                 out.published.insert(path.clone(), Published {
                     nar_size: infos[&path].nar_size,
@@ -184,15 +218,16 @@ pub async fn run(
                     let n = waiting.get_mut(referrer).expect("counted");
                     *n -= 1;
                     if *n == 0 {
-                        if let Some(nar) = nar_ready.get(referrer) {
-                            spawn_narinfo(&mut narinfos, backend, settings, &infos[referrer], nar);
+                        if let Some(narinfo) = staged.take(referrer) {
+                            spawn_commit(&mut commits, backend, referrer.clone(), narinfo);
                         }
                     }
                 }
             }
         }
     }
-    // Uploaded NARs still waiting: a reference of theirs failed after they started.
+    // Narinfos staged but never committed: a reference of theirs failed after they started.
+    staged.discard();
     for path in nar_ready.into_keys() {
         let info = &infos[&path];
         let unpublished = |r: &&StorePath| {
@@ -213,9 +248,75 @@ pub async fn run(
     Ok(out)
 }
 
-/// Starts writing `info`'s narinfo, signed with every key, via a temporary name.
-fn spawn_narinfo(
-    set: &mut JoinSet<(StorePath, Result<u64, BackendError>)>,
+/// The cores this machine has: how many small NARs compress at once.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Narinfos written under temporary names, waiting for their references' narinfos. Whatever
+/// is still here when the schedule ends (held back, or the publish stopped) is removed.
+struct StagedNarinfos {
+    backend: Arc<dyn CacheBackend>,
+    waiting: BTreeMap<StorePath, Staged>,
+}
+
+impl StagedNarinfos {
+    fn new(backend: &Arc<dyn CacheBackend>) -> Self {
+        StagedNarinfos {
+            backend: Arc::clone(backend),
+            waiting: BTreeMap::new(),
+        }
+    }
+
+    fn insert(&mut self, path: StorePath, narinfo: Staged) {
+        self.waiting.insert(path, narinfo);
+    }
+
+    fn take(&mut self, path: &StorePath) -> Option<Staged> {
+        self.waiting.remove(path)
+    }
+
+    /// Removes every staged file, in the background (best effort: what a lost connection
+    /// leaves, the next run's cleanup of stale temporaries removes).
+    fn discard(&mut self) {
+        let waiting = std::mem::take(&mut self.waiting);
+        if waiting.is_empty() {
+            return;
+        }
+        let backend = Arc::clone(&self.backend);
+        tokio::spawn(async move {
+            for staged in waiting.into_values() {
+                let _ = backend.remove(&staged.tmp).await;
+            }
+        });
+    }
+}
+
+impl Drop for StagedNarinfos {
+    fn drop(&mut self) {
+        if !self.waiting.is_empty() && tokio::runtime::Handle::try_current().is_ok() {
+            self.discard();
+        }
+    }
+}
+
+/// Renames a staged narinfo into place.
+fn spawn_commit(
+    set: &mut JoinSet<(StorePath, Result<(), BackendError>)>,
+    backend: &Arc<dyn CacheBackend>,
+    path: StorePath,
+    narinfo: Staged,
+) {
+    let backend = Arc::clone(backend);
+    set.spawn(async move {
+        let r = backend.commit(narinfo).await;
+        (path, r)
+    });
+}
+
+/// Starts writing `info`'s narinfo, signed with every key, to a temporary name.
+fn spawn_stage(
+    set: &mut JoinSet<(StorePath, Result<Staged, BackendError>)>,
     backend: &Arc<dyn CacheBackend>,
     settings: &Settings,
     info: &PathInfo,
@@ -245,7 +346,7 @@ fn spawn_narinfo(
     let path = info.path.clone();
     set.spawn(async move {
         let r = backend
-            .write_atomic(&narinfo_file_name(&path), Bytes::from(narinfo.to_string()))
+            .stage(&narinfo_file_name(&path), Bytes::from(narinfo.to_string()))
             .await;
         (path, r)
     });

@@ -16,7 +16,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 
 use crate::cache::backend::{temp_name, BackendError, CacheBackend};
 use crate::cache::{compressor, dump_path, nar_url, Compression, FileHash, HashingWriter, NarHash};
@@ -75,12 +75,14 @@ struct Hashes {
     file_size: u64,
 }
 
-/// Serialises, hashes, compresses and uploads `info.path`; see the module docs.
+/// Serialises, hashes, compresses and uploads `info.path`; see the module docs. With `cpu`,
+/// the compression waits for one of its permits (the upload's open does not).
 pub async fn upload_nar(
     backend: &Arc<dyn CacheBackend>,
     info: &PathInfo,
     compression: Compression,
     level: i32,
+    cpu: Option<Arc<Semaphore>>,
 ) -> Result<UploadedNar, NarError> {
     let tmp = temp_name(&format!(
         "nar/{}{}",
@@ -96,8 +98,13 @@ pub async fn upload_nar(
     } else {
         NonZeroU32::MIN
     };
+    let permit = match cpu {
+        Some(cpu) => Some(cpu.acquire_owned().await.expect("never closed")),
+        None => None,
+    };
     let path = info.path.clone();
     let producer = tokio::task::spawn_blocking(move || -> io::Result<Hashes> {
+        let _permit = permit; // released when compression ends
         let sender = ChunkSender {
             tx,
             buf: BytesMut::with_capacity(CHUNK),
