@@ -33,6 +33,7 @@
 //! - [`daemon`]: the long-running service: the loop, the cron [`daemon::schedule`], hooks, and
 //!   the systemd side (sd_notify, journald logging, the logind inhibitor).
 
+pub mod alloc;
 pub mod cache;
 pub mod cli;
 pub mod config;

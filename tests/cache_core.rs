@@ -168,7 +168,14 @@ fn our_narinfo(path: &StorePath, c: Compression, key: &SigningKey) -> (NarInfo, 
         .collect();
     let file = HashingWriter::new(Vec::new());
     let mut nar = HashingWriter::new(
-        compressor(c, c.default_level(), NonZeroU32::new(2).unwrap(), file).unwrap(),
+        compressor(
+            c,
+            c.default_level(),
+            NonZeroU32::new(2).unwrap(),
+            info["narSize"].as_u64().unwrap(),
+            file,
+        )
+        .unwrap(),
     );
     dump_path(Path::new(path.as_str()), &mut nar).unwrap();
     let (comp, nar_hash, nar_size) = nar.finish();

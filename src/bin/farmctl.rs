@@ -160,6 +160,7 @@ enum CacheCommand {
 }
 
 fn main() {
+    nixfarm::alloc::limit_malloc_arenas();
     let args = Args::parse();
     report::init_stderr_logging("warn");
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -21,6 +21,7 @@ struct Args {
 }
 
 fn main() {
+    nixfarm::alloc::limit_malloc_arenas();
     let args = Args::parse();
     // Under systemd (stderr is the journal stream), journald with FARM_* fields; otherwise
     // readable stderr. Also for --once: a user's own timer unit gets the fields too.

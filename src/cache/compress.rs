@@ -7,7 +7,7 @@
 use std::io::{self, Write};
 use std::num::NonZeroU32;
 
-use liblzma::stream::{Check, MtStreamBuilder};
+use liblzma::stream::{Check, Filters, LzmaOptions, MtStreamBuilder, Stream};
 use liblzma::write::XzEncoder;
 
 pub use crate::config::Compression;
@@ -66,16 +66,18 @@ pub enum Compressor<W: Write> {
     None(W),
 }
 
-/// Makes a compressor for `c` at `level` (zstd 1–22, xz 0–9; ignored for `None`) with `threads`
-/// worker threads. zstd and xz both cut the input into independent blocks and compress them in
-/// parallel, so one large NAR uses every core (blocks are several MiB: zstd's are
-/// [`ZSTD_JOB_SIZE`], xz's 3× its dictionary, 24 MiB at level 6, so small NARs stay on one
-/// thread; the publisher's parallel jobs cover those). The output is an ordinary single stream
-/// that any Nix decompresses.
+/// Makes a compressor for `c` at `level` (zstd 1–22, xz 0–9; ignored for `None`) with up to
+/// `threads` worker threads, for about `input_size` bytes of input (the NAR size: it sizes xz's
+/// dictionary; more input is still compressed correctly). zstd and xz both cut the input into
+/// independent blocks and compress them in parallel, so one large NAR uses every core (blocks
+/// are several MiB: zstd's are [`ZSTD_JOB_SIZE`], xz's 3× its dictionary, 24 MiB at level 6,
+/// so smaller NARs stay on one thread; the publisher's parallel jobs cover those). The output
+/// is an ordinary single stream that any Nix decompresses.
 pub fn compressor<W: Write>(
     c: Compression,
     level: i32,
     threads: NonZeroU32,
+    input_size: u64,
     inner: W,
 ) -> io::Result<Compressor<W>> {
     Ok(match c {
@@ -88,26 +90,73 @@ pub fn compressor<W: Write>(
             }
             Compressor::Zstd(enc)
         }
-        Compression::Xz => {
-            let preset = u32::try_from(level)
-                .ok()
-                .filter(|l| *l <= 9)
-                .ok_or_else(|| {
-                    io::Error::new(
-                        io::ErrorKind::InvalidInput,
-                        format!("xz compression level {level} is outside 0–9"),
-                    )
-                })?;
-            let stream = MtStreamBuilder::new()
-                .threads(threads.get())
-                .preset(preset)
-                .check(Check::Crc64)
-                .encoder()
-                .map_err(io::Error::other)?;
-            Compressor::Xz(XzEncoder::new_stream(inner, stream))
-        }
+        Compression::Xz => Compressor::Xz(XzEncoder::new_stream(
+            inner,
+            xz_stream(level, threads, input_size)?,
+        )),
         Compression::None => Compressor::None(inner),
     })
+}
+
+/// xz's dictionary at each preset level (xz(1), "Presets"): what the level's match finder is
+/// sized for.
+const XZ_PRESET_DICT: [u32; 10] = [
+    256 << 10,
+    1 << 20,
+    2 << 20,
+    4 << 20,
+    4 << 20,
+    8 << 20,
+    8 << 20,
+    16 << 20,
+    32 << 20,
+    64 << 20,
+];
+
+/// The dictionary for `input_size` bytes at `preset`: the preset's, or the smallest power of two
+/// holding the whole input if that is less (LZMA2's minimum is 4 KiB). A dictionary at least as
+/// large as the input finds every match the preset's would, so the output is as small, but the
+/// encoder's memory and set-up (its match finder is ~11× the dictionary: 94 MiB at level 6)
+/// shrink with it: most NARs are far smaller than 8 MiB. It also caps what a client needs to
+/// decompress.
+fn xz_dict_size(preset: u32, input_size: u64) -> u32 {
+    let preset_dict = XZ_PRESET_DICT[preset as usize];
+    let fits = input_size
+        .max(4096)
+        .checked_next_power_of_two()
+        .unwrap_or(u64::MAX);
+    u32::try_from(fits).map_or(preset_dict, |fits| fits.min(preset_dict))
+}
+
+fn xz_stream(level: i32, threads: NonZeroU32, input_size: u64) -> io::Result<Stream> {
+    let preset = u32::try_from(level)
+        .ok()
+        .filter(|l| *l <= 9)
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("xz compression level {level} is outside 0–9"),
+            )
+        })?;
+    let mut options = LzmaOptions::new_preset(preset).map_err(io::Error::other)?;
+    let dict = xz_dict_size(preset, input_size);
+    options.dict_size(dict);
+    let mut filters = Filters::new();
+    filters.lzma2(&options);
+    // liblzma's threaded encoder cuts blocks of 3× the dictionary: a NAR shorter than two of
+    // them would use one worker anyway, at the cost of the worker machinery and a copy of each
+    // block; the plain encoder writes the same format.
+    let block = 3 * u64::from(dict);
+    if threads.get() == 1 || input_size < 2 * block {
+        return Stream::new_stream_encoder(&filters, Check::Crc64).map_err(io::Error::other);
+    }
+    MtStreamBuilder::new()
+        .threads(threads.get())
+        .filters(filters)
+        .block_size(block)
+        .check(Check::Crc64)
+        .encoder()
+        .map_err(io::Error::other)
 }
 
 impl<W: Write> Compressor<W> {
@@ -153,7 +202,8 @@ mod tests {
             .flat_map(|i| (i % 251).to_le_bytes())
             .collect();
         let threads = NonZeroU32::new(threads).unwrap();
-        let mut enc = compressor(c, c.default_level(), threads, Vec::new()).unwrap();
+        let size = data.len() as u64;
+        let mut enc = compressor(c, c.default_level(), threads, size, Vec::new()).unwrap();
         for chunk in data.chunks(100_000) {
             enc.write_all(chunk).unwrap();
         }
@@ -185,6 +235,33 @@ mod tests {
     }
 
     #[test]
+    fn xz_dictionary_fits_the_input_up_to_the_presets() {
+        assert_eq!(xz_dict_size(6, 0), 4096);
+        assert_eq!(xz_dict_size(6, 5000), 8192);
+        assert_eq!(xz_dict_size(6, 1 << 20), 1 << 20);
+        assert_eq!(xz_dict_size(6, (1 << 20) + 1), 2 << 20);
+        assert_eq!(xz_dict_size(6, 1 << 40), 8 << 20);
+        assert_eq!(xz_dict_size(9, 1 << 40), 64 << 20);
+        assert_eq!(xz_dict_size(0, 1 << 20), 256 << 10);
+    }
+
+    #[test]
+    fn xz_with_a_small_size_hint_uses_the_threaded_encoder_and_stays_standard() {
+        // A 100 kB hint gives a 128 KiB dictionary, 384 KiB blocks: the 1.6 MB input is
+        // several blocks on 4 threads. A wrong hint costs ratio, never correctness.
+        let data: Vec<u8> = (0..400_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        let four = NonZeroU32::new(4).unwrap();
+        let mut enc = compressor(Compression::Xz, 6, four, 100_000, Vec::new()).unwrap();
+        enc.write_all(&data).unwrap();
+        let packed = enc.finish().unwrap();
+        let mut unpacked = Vec::new();
+        liblzma::read::XzDecoder::new(&packed[..])
+            .read_to_end(&mut unpacked)
+            .unwrap();
+        assert_eq!(unpacked, data);
+    }
+
+    #[test]
     fn names_and_extensions_are_nix_ones() {
         for (c, name, ext) in [
             (Compression::Zstd, "zstd", ".nar.zst"),
@@ -200,7 +277,7 @@ mod tests {
     #[test]
     fn out_of_range_xz_level_is_refused() {
         let one = NonZeroU32::MIN;
-        let err = compressor(Compression::Xz, 12, one, Vec::new())
+        let err = compressor(Compression::Xz, 12, one, 0, Vec::new())
             .err()
             .unwrap();
         assert!(err.to_string().contains("level 12"), "{err}");

@@ -301,9 +301,11 @@ impl From<&CacheSettings> for SshOptions {
 /// Connect to the cache and make sure its directories exist: the root, `nar/` and `log/`.
 pub async fn open(url: &CacheUrl, ssh: &SshOptions) -> Result<Arc<dyn CacheBackend>, BackendError> {
     let backend = connect(url, ssh).await?;
-    for dir in ["", "nar", "log"] {
-        backend.mkdir_all(dir).await?;
-    }
+    // Each creates the root too if it is missing (racing creators are fine): one round trip
+    // for a cache that exists, not three.
+    let (nar, log) = tokio::join!(backend.mkdir_all("nar"), backend.mkdir_all("log"));
+    nar?;
+    log?;
     Ok(backend)
 }
 

@@ -39,16 +39,15 @@ pub async fn plan(
     closure: &BTreeMap<StorePath, PathInfo>,
     priority: u32,
 ) -> Result<UploadPlan, BackendError> {
-    let (root, nar) = tokio::join!(backend.list(""), backend.list("nar"));
-    let (root, nar) = (root?, nar?);
+    // Three at once: over a slow link each costs a few round trips.
+    let (root, nar, current) = tokio::join!(
+        backend.list(""),
+        backend.list("nar"),
+        backend.read(NIX_CACHE_INFO)
+    );
+    let (root, nar, current) = (root?, nar?, current?);
 
     let want_info = nix_cache_info(priority);
-    let has_info = root.iter().any(|e| e.name == NIX_CACHE_INFO);
-    let current = if has_info {
-        backend.read(NIX_CACHE_INFO).await?
-    } else {
-        None
-    };
     if current.as_deref() != Some(want_info.as_bytes()) {
         backend
             .write_atomic(NIX_CACHE_INFO, Bytes::from(want_info))

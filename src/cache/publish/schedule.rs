@@ -1,11 +1,11 @@
 //! Parallel uploads, narinfos in dependency order: the heart of "closure-complete at every
 //! instant".
 //!
-//! Up to `jobs` large NARs stream at once, and up to [`SMALL_FACTOR`] × `jobs` NARs in all
-//! (with xz: `jobs` in all): a small NAR costs round trips (open; writes + fsync; rename; its
+//! Up to `jobs` large NARs stream at once, and up to [`SMALL_FACTOR`] × `jobs` NARs in all:
+//! a small NAR costs round trips (open; writes + fsync; rename; its
 //! narinfo's open, write + fsync, rename) rather than CPU or memory, so over a 20 ms link a few
-//! at a time leave the link idle. Small NARs compress at most one per core at once (a
-//! semaphore), however many wait on the network. They start in dependency order so that
+//! at a time leave the link idle. Small NARs (with xz: all) compress at most one per core at
+//! once (a semaphore), however many wait on the network. They start in dependency order so that
 //! narinfos can follow early.
 //!
 //! A path's narinfo (signed with every key) is *staged* — written and fsynced under a
@@ -36,9 +36,7 @@ use crate::types::StorePath;
 /// NARs smaller than this are "small": compressed on one thread, and never more than this
 /// much of one is queued between compressor and upload, so many in flight cost little memory.
 pub const SMALL_NAR: u64 = 1024 * 1024;
-/// Small NARs in flight per `jobs` (the number of large ones), with zstd or no compression.
-/// An xz encoder takes ~100 MiB at the default level whatever the input size (its match
-/// finder is sized by the dictionary), so with xz every NAR counts as large.
+/// Small NARs in flight per `jobs` (the number of large ones).
 pub const SMALL_FACTOR: usize = 16;
 
 /// What the schedule achieved (when the cache itself did not fail).
@@ -94,10 +92,10 @@ pub async fn run(
         .map(|(order, i)| (order, i.path))
         .partition(|(_, p)| infos[p].nar_size < SMALL_NAR);
     let mut large_in_flight = 0;
-    let in_flight_max = match settings.compression {
-        Compression::Xz => settings.jobs,
-        Compression::Zstd | Compression::None => settings.jobs * SMALL_FACTOR,
-    };
+    let in_flight_max = settings.jobs * SMALL_FACTOR;
+    // An xz encoder is slow and big (~11× its dictionary: up to 94 MiB per NAR at level 6)
+    // and outruns no link: with xz every NAR compresses under a permit, one per core.
+    let every_nar_takes_a_permit = settings.compression == Compression::Xz;
     let mut nars: JoinSet<(StorePath, Result<UploadedNar, NarError>)> = JoinSet::new();
     let mut staging: JoinSet<(StorePath, Result<Staged, BackendError>)> = JoinSet::new();
     let mut commits: JoinSet<(StorePath, Result<(), BackendError>)> = JoinSet::new();
@@ -139,12 +137,11 @@ pub async fn run(
                 continue;
             }
             // Large NARs are bounded by `jobs`; small ones share one compression slot per core.
-            let cpu = if info.nar_size >= SMALL_NAR {
+            let large_nar = info.nar_size >= SMALL_NAR;
+            if large_nar {
                 large_in_flight += 1;
-                None
-            } else {
-                Some(Arc::clone(&cpu))
-            };
+            }
+            let cpu = (!large_nar || every_nar_takes_a_permit).then(|| Arc::clone(&cpu));
             let backend = Arc::clone(backend);
             let (compression, level) = (settings.compression, settings.level);
             nars.spawn(async move {

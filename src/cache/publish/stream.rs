@@ -102,7 +102,7 @@ pub async fn upload_nar(
         Some(cpu) => Some(cpu.acquire_owned().await.expect("never closed")),
         None => None,
     };
-    let path = info.path.clone();
+    let (path, nar_size) = (info.path.clone(), info.nar_size);
     let producer = tokio::task::spawn_blocking(move || -> io::Result<Hashes> {
         let _permit = permit; // released when compression ends
         let sender = ChunkSender {
@@ -110,7 +110,7 @@ pub async fn upload_nar(
             buf: BytesMut::with_capacity(CHUNK),
         };
         let file = HashingWriter::new(sender);
-        let mut nar = HashingWriter::new(compressor(compression, level, threads, file)?);
+        let mut nar = HashingWriter::new(compressor(compression, level, threads, nar_size, file)?);
         dump_path(path.as_str().as_ref(), &mut nar)?;
         let (compressed, nar_hash, nar_size) = nar.finish();
         let file = compressed.finish()?; // flushes the last chunk into the channel
