@@ -80,6 +80,8 @@ on_both_backends!(
     abandoned_upload_leaves_no_temporary_file,
     paths_outside_the_cache_are_refused,
     listing_a_missing_directory_is_not_found,
+    read_to_streams_a_file_in_order_with_backpressure,
+    stage_is_invisible_until_commit,
 );
 
 async fn open_creates_the_root_nar_and_log(fx: Fixture) {
@@ -600,4 +602,61 @@ async fn upload_throughput_512_mib_over_loopback() {
         "sftp -b: {:.0} MiB/s",
         512.0 / started.elapsed().as_secs_f64()
     );
+}
+
+/// A 5 MiB + 7 bytes file (more than the SFTP read-ahead window, not a multiple of any read
+/// size) through a 2-chunk channel that is drained slowly: every byte, in order. A missing
+/// file is `false`; a reader that goes away ends the stream early, without an error.
+async fn read_to_streams_a_file_in_order_with_backpressure(fx: Fixture) {
+    const LEN: usize = 5 * 1024 * 1024 + 7;
+    let mut data = vec![0u8; LEN];
+    XorShift(42).fill(&mut data);
+    std::fs::write(fx.root.join("nar/big.nar"), &data).unwrap();
+
+    let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+    let backend = Arc::clone(&fx.backend);
+    let reader = tokio::spawn(async move { backend.read_to("nar/big.nar", tx).await });
+    let mut got = Vec::new();
+    let mut chunks = 0;
+    while let Some(chunk) = rx.recv().await {
+        got.extend_from_slice(&chunk);
+        chunks += 1;
+        if chunks % 8 == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    assert!(reader.await.unwrap().unwrap());
+    assert_eq!(got.len(), LEN);
+    assert!(got == data, "the bytes differ");
+    assert!(chunks > 1, "streamed in one chunk");
+
+    let (tx, _rx) = tokio::sync::mpsc::channel(2);
+    assert!(!fx.backend.read_to("nar/missing.nar", tx).await.unwrap());
+
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    let backend = Arc::clone(&fx.backend);
+    let reader = tokio::spawn(async move { backend.read_to("nar/big.nar", tx).await });
+    rx.recv().await.unwrap();
+    drop(rx);
+    let ended = tokio::time::timeout(Duration::from_secs(30), reader).await;
+    assert!(ended.expect("read_to ended").unwrap().unwrap());
+}
+
+/// `stage` writes under a temporary name only; `commit` renames it over the target.
+async fn stage_is_invisible_until_commit(fx: Fixture) {
+    let staged = fx
+        .backend
+        .stage("abc.narinfo", Bytes::from_static(b"StorePath: x\n"))
+        .await
+        .unwrap();
+    assert_eq!(staged.size, 13);
+    assert!(is_temp_name(&staged.tmp), "{}", staged.tmp);
+    assert!(fx.root.join(&staged.tmp).is_file());
+    assert_eq!(fx.backend.read("abc.narinfo").await.unwrap(), None);
+    fx.backend.commit(staged.clone()).await.unwrap();
+    assert_eq!(
+        fx.backend.read("abc.narinfo").await.unwrap().unwrap(),
+        b"StorePath: x\n"
+    );
+    assert!(!fx.root.join(&staged.tmp).exists());
 }

@@ -122,3 +122,95 @@ fn world_readable_and_malformed_keys_are_refused_before_anything_is_written() {
     assert!(err.contains("is not a Nix secret key file"), "{err}");
     assert!(!bed.cache.exists(), "nothing may be written with a bad key");
 }
+
+/// `cache verify --deep` streams each NAR through the decompressor and both hashes: a 96 MiB
+/// NAR is checked in far less memory than its size, and one flipped byte (same FileSize, so
+/// the shallow check passes) is found and named.
+#[test]
+fn deep_verify_streams_big_nars_and_finds_a_flipped_byte() {
+    const MIB: usize = 96;
+    let bed = CacheBed::new();
+    let expr = format!(
+        r#"derivation {{
+             name = "big-verify"; system = "x86_64-linux"; builder = "/bin/sh";
+             salt = "{salt}";
+             args = [ "-c" "PATH=/usr/bin:/bin; mkdir $out; head -c {bytes} /dev/urandom > $out/data" ];
+           }}"#,
+        salt = bed.fleet.salt(),
+        bytes = MIB * 1024 * 1024,
+    );
+    let out = bed
+        .fleet
+        .env()
+        .nix(["build", "--impure", "--no-link", "--json", "--expr", &expr]);
+    let built: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let path = built[0]["outputs"]["out"].as_str().unwrap().to_owned();
+    bed.publish_ok(std::slice::from_ref(&path));
+
+    // Peak RSS of farmctl itself (/usr/bin/time, from tests/setup-debian.sh).
+    let deep_verify = || {
+        let config = bed.farm.write_config();
+        let mut cmd = bed.fleet.env().command("/usr/bin/time");
+        cmd.args(["-f", "maxrss-kib %M"])
+            .arg(env!("CARGO_BIN_EXE_farmctl"))
+            .arg("--config")
+            .arg(&config)
+            .args(["cache", "verify", "--deep"]);
+        let out = common::run_unchecked(&mut cmd);
+        let rss_kib: u64 = stderr_of(&out)
+            .lines()
+            .filter_map(|l| l.strip_prefix("maxrss-kib "))
+            .next_back()
+            .expect("/usr/bin/time's line")
+            .trim()
+            .parse()
+            .unwrap();
+        (out, rss_kib)
+    };
+    let (out, rss_kib) = deep_verify();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        stdout_of(&out),
+        stderr_of(&out)
+    );
+    assert!(
+        stdout_of(&out).ends_with(", 0 problems"),
+        "{}",
+        stdout_of(&out)
+    );
+    eprintln!("cache verify --deep of a {MIB} MiB NAR: peak RSS {rss_kib} KiB");
+    assert!(
+        rss_kib < (MIB as u64 / 2) * 1024,
+        "verify --deep peaked at {rss_kib} KiB for a {MIB} MiB NAR: it holds NARs in memory"
+    );
+
+    // Flip one byte in the middle of the NAR file: the size still matches.
+    let hash = path
+        .trim_start_matches("/nix/store/")
+        .split('-')
+        .next()
+        .unwrap();
+    let narinfo = std::fs::read_to_string(bed.cache.join(format!("{hash}.narinfo"))).unwrap();
+    let url = narinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("URL: "))
+        .unwrap()
+        .to_owned();
+    let nar = bed.cache.join(&url);
+    let mut bytes = std::fs::read(&nar).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&nar, &bytes).unwrap();
+
+    let shallow = bed.farm.farmctl(&bed.fleet, ["cache", "verify"]);
+    assert!(shallow.status.success(), "{}", stdout_of(&shallow));
+    let (out, _) = deep_verify();
+    assert!(!out.status.success(), "a flipped byte passed --deep");
+    let report = stdout_of(&out);
+    assert!(
+        report.contains(&format!("{hash}.narinfo"))
+            && report.contains(&format!("its NAR `{url}` hashes to")),
+        "{report}"
+    );
+}

@@ -11,10 +11,12 @@ use std::fmt;
 use std::io::{self, Read, Write};
 use std::sync::Arc;
 
+use bytes::Bytes;
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::backend::{is_temp_name, BackendError, CacheBackend};
-use super::{Compression, HashingWriter, NarHash, NarInfo, PublicKey, NIX_CACHE_INFO};
+use super::{Compression, FileHash, HashingWriter, NarInfo, PublicKey, NIX_CACHE_INFO};
 
 /// Narinfos read at once (each is a round trip over SFTP).
 const READS_IN_FLIGHT: usize = 16;
@@ -163,54 +165,132 @@ fn check_narinfo(
     found
 }
 
-/// Downloads the NAR and checks FileHash, NarHash and NarSize. The outer `Result` is the
-/// cache failing; the inner one a problem found.
+/// Streams the NAR through FileHash, the decompressor and NarHash/NarSize, never holding it
+/// whole (a NAR can be gigabytes). The outer `Result` is the cache failing; the inner one a
+/// problem found.
 async fn rehash(
     backend: &Arc<dyn CacheBackend>,
     info: &NarInfo,
 ) -> Result<Result<(), String>, BackendError> {
-    let Some(file) = backend.read(&info.url).await? else {
-        return Ok(Err(format!("its NAR `{}` is missing", info.url)));
-    };
     let Some(compression) = Compression::from_narinfo_name(&info.compression) else {
         return Ok(Err(format!(
             "compression `{}` cannot be checked",
             info.compression
         )));
     };
-    let info = info.clone();
-    let checked = tokio::task::spawn_blocking(move || -> Result<(), String> {
-        if let Some(want) = info.file_hash {
-            let got = NarHash::digest(&file);
-            if got != want {
-                return Err(format!(
-                    "its NAR `{}` hashes to {got}, FileHash says {want}",
-                    info.url
-                ));
-            }
-        }
-        let mut nar = HashingWriter::new(io::sink());
-        decompress(compression, &file, &mut nar)
-            .map_err(|e| format!("its NAR `{}` does not decompress: {e}", info.url))?;
-        let (_, hash, size) = nar.finish();
-        if (hash, size) != (info.nar_hash, info.nar_size) {
-            return Err(format!(
-                "its NAR `{}` unpacks to {hash} ({size} bytes), NarHash says {} ({} bytes)",
-                info.url, info.nar_hash, info.nar_size
-            ));
-        }
-        Ok(())
-    })
-    .await
-    .expect("re-hashing panicked");
+    let (tx, rx) = mpsc::channel::<Bytes>(CHUNKS_QUEUED);
+    let checker = {
+        let info = info.clone();
+        tokio::task::spawn_blocking(move || check_stream(compression, &info, rx))
+    };
+    let found = backend.read_to(&info.url, tx).await;
+    let checked = checker.await.expect("re-hashing panicked");
+    if !found? {
+        return Ok(Err(format!("its NAR `{}` is missing", info.url)));
+    }
     Ok(checked)
 }
 
-fn decompress(c: Compression, file: &[u8], out: &mut impl Write) -> io::Result<u64> {
+/// Compressed chunks queued between the download and the hashing (≈ 4 MiB over SFTP).
+const CHUNKS_QUEUED: usize = 16;
+
+/// The checks of [`rehash`], on the chunks arriving on `rx` (a blocking thread).
+fn check_stream(
+    compression: Compression,
+    info: &NarInfo,
+    rx: mpsc::Receiver<Bytes>,
+) -> Result<(), String> {
+    let mut file = HashingReader::new(ChannelReader {
+        rx,
+        chunk: Bytes::new(),
+    });
+    let mut nar = HashingWriter::new(io::sink());
+    let unpacked = decompress(compression, &mut file, &mut nar);
+    // Whatever the decompressor left unread still counts for FileHash and FileSize.
+    let drained = io::copy(&mut file, &mut io::sink());
+    let (file_hash, file_size) = file.finish();
+    if let Some(want) = info.file_size {
+        if file_size != want {
+            return Err(format!(
+                "its NAR `{}` has {file_size} bytes, the narinfo says FileSize {want}",
+                info.url
+            ));
+        }
+    }
+    if let Some(want) = info.file_hash {
+        if file_hash != want {
+            return Err(format!(
+                "its NAR `{}` hashes to {file_hash}, FileHash says {want}",
+                info.url
+            ));
+        }
+    }
+    unpacked
+        .and(drained)
+        .map_err(|e| format!("its NAR `{}` does not decompress: {e}", info.url))?;
+    let (_, hash, size) = nar.finish();
+    if (hash, size) != (info.nar_hash, info.nar_size) {
+        return Err(format!(
+            "its NAR `{}` unpacks to {hash} ({size} bytes), NarHash says {} ({} bytes)",
+            info.url, info.nar_hash, info.nar_size
+        ));
+    }
+    Ok(())
+}
+
+fn decompress(c: Compression, file: &mut impl Read, out: &mut impl Write) -> io::Result<u64> {
     let mut reader: Box<dyn Read + '_> = match c {
         Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(file)?),
         Compression::Xz => Box::new(liblzma::read::XzDecoder::new(file)),
         Compression::None => Box::new(file),
     };
     io::copy(&mut reader, out)
+}
+
+/// The downloaded chunks as a blocking [`Read`].
+struct ChannelReader {
+    rx: mpsc::Receiver<Bytes>,
+    chunk: Bytes,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.chunk.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(chunk) => self.chunk = chunk,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk.split_to(n));
+        Ok(n)
+    }
+}
+
+/// A reader that hashes (SHA-256) and counts what passes through it.
+struct HashingReader<R> {
+    inner: R,
+    hasher: HashingWriter<io::Sink>,
+}
+
+impl<R: Read> HashingReader<R> {
+    fn new(inner: R) -> Self {
+        HashingReader {
+            inner,
+            hasher: HashingWriter::new(io::sink()),
+        }
+    }
+
+    fn finish(self) -> (FileHash, u64) {
+        let (_, hash, size) = self.hasher.finish();
+        (hash, size)
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.write_all(&buf[..n])?;
+        Ok(n)
+    }
 }

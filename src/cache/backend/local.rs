@@ -1,15 +1,19 @@
 //! A cache directory on this machine (`file:///…`): the same operations as over SFTP, with
 //! `std::fs` semantics (rename(2) replaces atomically, ENOSPC is reported as such).
 
-use std::io::{self, ErrorKind};
+use std::io::{self, ErrorKind, Read};
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
 
 use super::error::LOCAL;
 use super::{check_path, BackendError, CacheBackend, Entry, Upload};
+
+/// Bytes per chunk of [`CacheBackend::read_to`].
+const READ_CHUNK: usize = 256 * 1024;
 
 #[derive(Debug)]
 pub struct LocalBackend {
@@ -73,6 +77,32 @@ fn local_user() -> String {
 
 #[async_trait]
 impl CacheBackend for LocalBackend {
+    async fn read_to(&self, path: &str, tx: mpsc::Sender<Bytes>) -> Result<bool, BackendError> {
+        let full = self.full(path, false)?;
+        tokio::task::spawn_blocking(move || {
+            let mut file = match std::fs::File::open(&full) {
+                Ok(file) => file,
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+                Err(e) => return Err(io_error("read", &full, e)),
+            };
+            loop {
+                let mut chunk = BytesMut::zeroed(READ_CHUNK);
+                let n = match file.read(&mut chunk) {
+                    Ok(0) => return Ok(true),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(io_error("read", &full, e)),
+                };
+                chunk.truncate(n);
+                if tx.blocking_send(chunk.freeze()).is_err() {
+                    return Ok(true); // the reader stopped
+                }
+            }
+        })
+        .await
+        .expect("reading panicked")
+    }
+
     async fn list(&self, dir: &str) -> Result<Vec<Entry>, BackendError> {
         let full = self.full(dir, true)?;
         tokio::task::spawn_blocking(move || {

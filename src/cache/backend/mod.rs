@@ -29,6 +29,7 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use tokio::sync::mpsc;
 
 pub use error::{BackendError, StderrTail};
 pub use local::LocalBackend;
@@ -59,6 +60,18 @@ pub trait CacheBackend: Send + Sync + std::fmt::Debug {
     /// The contents of a small file (`nix-cache-info`, a narinfo), or `None` if it does not
     /// exist.
     async fn read(&self, path: &str) -> Result<Option<Vec<u8>>, BackendError>;
+
+    /// Streams the contents of `path` into `tx`, in order, in chunks, so that a big NAR is
+    /// never whole in memory (over SFTP, several reads are in flight). `Ok(false)`: no such
+    /// file. Returns early, `Ok(true)`, when the receiver is dropped. This default sends what
+    /// [`read`](Self::read) returns in one chunk; the real backends override it.
+    async fn read_to(&self, path: &str, tx: mpsc::Sender<Bytes>) -> Result<bool, BackendError> {
+        let Some(contents) = self.read(path).await? else {
+            return Ok(false);
+        };
+        let _ = tx.send(Bytes::from(contents)).await;
+        Ok(true)
+    }
 
     /// Create (or truncate) `path` for a streaming upload. Give it a [`temp_name`] and
     /// [`rename`](Self::rename) it into place after [`Upload::finish`].
