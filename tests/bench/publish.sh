@@ -11,7 +11,7 @@
 #   SLOW_REPS   repetitions of the sshfs full publish at 20 ms RTT (~200 s each; default 1)
 #   XZ_SUBSET   share of the fleet's NAR bytes the xz comparison uses (default 0.25; 1 = all)
 #   DELAY_MS    one-way delay of the WAN relay (default 10, i.e. 20 ms RTT)
-#   ONLY        space-separated sections to run: lo incr xz wan many rss (default: all)
+#   ONLY        space-separated sections to run: lo incr xz wan many rss floor (default: all)
 #   KEEP=1      keep the work directory and the generated store paths
 #   FARMCTL     a farmctl binary to use (default: cargo build --release, target/release/farmctl)
 #
@@ -25,7 +25,7 @@ REPS=${REPS:-3}
 SLOW_REPS=${SLOW_REPS:-1}
 XZ_SUBSET=${XZ_SUBSET:-0.25}
 export DELAY_MS=${DELAY_MS:-10}
-ONLY=${ONLY:-lo incr xz wan many rss}
+ONLY=${ONLY:-lo incr xz wan many rss floor}
 B=${BENCH_DIR:-$(mktemp -d /tmp/nixfarm-bench.XXXXXX)}
 mkdir -p "$B"
 B=$(cd "$B" && pwd)
@@ -102,6 +102,10 @@ mkdir -p /run/sshd
 /usr/sbin/sshd -D -e -f "$B/sshd_config" 2>"$B/sshd.log" &
 pids+=($!)
 echo "[127.0.0.1]:$port $(cut -d' ' -f1,2 "$B/host_key.pub")" >"$B/known_hosts"
+# The relay stands for 20 ms of network, so it must not add its own start-up to every
+# connection: the system's interpreter without site (~30 ms), not a version manager's shim
+# (pyenv's took ~0.3 s per start, all of it counted as "SSH connection" time).
+relay_python=$(command -v /usr/bin/python3 || command -v python3)
 for host in bench-lo bench-wan; do
   cat <<EOF
 Host $host
@@ -114,7 +118,7 @@ Host $host
   StrictHostKeyChecking yes
   BatchMode yes
 EOF
-  [[ $host == bench-wan ]] && echo "  ProxyCommand python3 $here/delay_relay.py %h %p"
+  [[ $host == bench-wan ]] && echo "  ProxyCommand $relay_python -S $here/delay_relay.py %h %p"
 done >"$B/ssh_config"
 # OpenSSH reads ~/.ssh/config from the passwd entry, not $HOME: an `ssh` first in PATH that
 # adds `-F` stands in for the user's ~/.ssh/config (farmctl runs `ssh` from PATH).
@@ -216,6 +220,22 @@ precise() {
   printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$rep" "$(awk -v ns=$((t1 - t0)) 'BEGIN { printf "%.4f", ns / 1e9 }')" 0 "$load" 0 >>"$results"
   log "$name #$rep: $(((t1 - t0) / 1000000)) ms (load $load)"
 }
+# busy: CPU seconds all processes on the machine spent (from /proc/stat), for work whose
+# processes are not our children (sshd, sftp-server).
+busy() { awk '/^cpu / { printf "%.2f", ($2 + $3 + $4 + $7 + $8) / 100 }' /proc/stat; }
+# machine NAME REP CMD…: like `sample`, but the CPU column is the whole machine's.
+machine() {
+  local name=$1 rep=$2 load before after t0 t1
+  shift 2
+  load=$(cut -d' ' -f1 /proc/loadavg)
+  before=$(busy)
+  t0=$(date +%s%N)
+  "$@" >"$B/last.out" 2>"$B/last.err" || { echo "FAILED: $name: $*" >&2; cat "$B/last.err" >&2; exit 1; }
+  t1=$(date +%s%N)
+  after=$(busy)
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$rep" "$(awk -v ns=$((t1 - t0)) 'BEGIN { printf "%.3f", ns / 1e9 }')" 0 "$load" "$(awk "BEGIN { print $after - $before }")" >>"$results"
+  log "$name #$rep: $(((t1 - t0) / 1000000)) ms, machine cpu $(awk "BEGIN { print $after - $before }") s (load $load)"
+}
 # farm COMPRESSION URL ROOTS…: `farmctl publish` with that config (a script: /usr/bin/time runs it).
 printf '#!/bin/sh\nc=$1; shift\nexec %s --config %s/farm-$c.toml publish --json --to "$@"\n' "$FARMCTL" "$B" >"$B/bin/farm"
 chmod +x "$B/bin/farm"
@@ -293,7 +313,7 @@ print(" ".join(roots))' "$XZ_SUBSET")
 fi
 
 if want wan; then
-  rtt=$(python3 "$here/delay_relay.py" --rtt x y)
+  rtt=$("$relay_python" -S "$here/delay_relay.py" --rtt x y)
   log "== ${rtt} ms RTT (relay), full"
   mount_sshfs bench-wan "$B/mnt-wan"
   for r in $(seq "$REPS"); do
@@ -346,6 +366,30 @@ if want rss; then
     sample farm_big_lo "$r" "$farm" zstd "$(lo_url big$r)" $big
     rm -rf "$B/remote/big$r"
   done
+fi
+
+if want floor; then
+  # The least CPU any publisher of this fleet over SFTP must spend, measured piece by piece on
+  # the same bytes (all NARs in one file, in the page cache): zstd 3 on every core, SHA-256
+  # of the NARs and of the compressed file (OpenSSL's, as fast as ours), and the compressed
+  # bytes through ssh into a file on the same sshd (whole-machine CPU: sshd is not our child).
+  # Serialising NARs from the store is left out, so the real floor is higher.
+  log "== floor: the pieces of a loopback publish"
+  for p in $(nix-store -qR $old); do nix-store --dump "$p"; done >"$B/fleet.nar"
+  sha='import hashlib, sys
+h = hashlib.sha256()
+with open(sys.argv[1], "rb") as f:
+    for b in iter(lambda: f.read(1 << 20), b""):
+        h.update(b)'
+  for r in $(seq "$REPS"); do
+    machine floor_zstd "$r" zstd -3 -T0 -q -f -o "$B/fleet.nar.zst" "$B/fleet.nar"
+    machine floor_sha_nar "$r" python3 -c "$sha" "$B/fleet.nar"
+    machine floor_sha_file "$r" python3 -c "$sha" "$B/fleet.nar.zst"
+    machine floor_ssh "$r" sh -c "ssh -F '$B/ssh_config' bench-lo 'cat > $B/remote/floor.zst' <'$B/fleet.nar.zst'"
+    rm -rf "$B/local/nfl"
+    machine nix_full_local_floor "$r" nix copy --to "file://$B/local/nfl?$nix_zstd" $old
+  done
+  rm -f "$B/fleet.nar" "$B/fleet.nar.zst" "$B/remote/floor.zst"
 fi
 
 # ---------------------------------------------------------------- report

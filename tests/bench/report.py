@@ -3,7 +3,8 @@
 
     report.py results.tsv facts.env
 
-results.tsv: NAME REP SECONDS PEAK_RSS_KIB LOAD1 (one line per sample).
+results.tsv: NAME REP SECONDS PEAK_RSS_KIB LOAD1 CPU_SECONDS (one line per sample; CPU of the
+process tree, or of the whole machine for the floor_* samples).
 """
 
 import statistics
@@ -111,8 +112,18 @@ if "farm_full_lo" in samples and "nix_full_local" in samples:
                  f"{med('nix_full_local', 3):.2f} s")
 if "farm_full_lo" in samples:
     extra.append(f"peak RSS of farmctl publishing the whole fleet on loopback: {med('farm_full_lo', 1) / 1024:.0f} MiB")
+floor = ["floor_zstd", "floor_sha_nar", "floor_sha_file", "floor_ssh"]
+if all(n in samples for n in floor) and "nix_full_local_floor" in samples:
+    cpu = sum(med(n, 3) for n in floor)
+    cores = int(f.get("cpus") or 1)
+    nix = med("nix_full_local_floor")
+    parts = ", ".join(f"{n.removeprefix('floor_')} {med(n, 3):.2f} s" for n in floor)
+    extra.append(f"floor of a loopback publish on this machine: its pieces alone take {cpu:.2f} s of "
+                 f"CPU ({parts}; whole-machine CPU, sshd included; NAR serialisation left out), so at "
+                 f"best {cpu / cores:.2f} s on {cores} cores = {cpu / cores / nix:.2f}× `nix copy` to a "
+                 f"local dir measured alongside ({nix:.2f} s; its own CPU {med('nix_full_local_floor', 3):.2f} s)")
 if "farm_full_wan_jobs8" in samples:
-    extra.append(f"full publish at {f.get('rtt_ms')} ms RTT with `jobs = 8` (8 large, 32 small NARs in flight): "
+    extra.append(f"full publish at {f.get('rtt_ms')} ms RTT with `jobs = 8` (8 large, 128 small NARs in flight): "
                  f"{cell('farm_full_wan_jobs8')}, {ratio('farm_full_wan_jobs8', 'rsync_full_wan')} rsync")
 if "ssh_connect_wan" in samples:
     extra.append(f"one SSH connection at {f.get('rtt_ms')} ms RTT: {med('ssh_connect_wan'):.3f} s")
