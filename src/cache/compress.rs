@@ -249,7 +249,9 @@ mod tests {
     fn xz_with_a_small_size_hint_uses_the_threaded_encoder_and_stays_standard() {
         // A 100 kB hint gives a 128 KiB dictionary, 384 KiB blocks: the 1.6 MB input is
         // several blocks on 4 threads. A wrong hint costs ratio, never correctness.
-        let data: Vec<u8> = (0..400_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        let data: Vec<u8> = (0..400_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
         let four = NonZeroU32::new(4).unwrap();
         let mut enc = compressor(Compression::Xz, 6, four, 100_000, Vec::new()).unwrap();
         enc.write_all(&data).unwrap();

@@ -54,7 +54,7 @@ pub struct Settings {
     pub keys: Arc<Vec<SigningKey>>,
     pub compression: Compression,
     pub level: i32,
-    /// Large NARs compressed and uploaded at once (small ones: up to 4× as many, see
+    /// Large NARs compressed and uploaded at once (small ones: up to 16× as many, see
     /// `schedule`).
     pub jobs: usize,
     pub priority: u32,
