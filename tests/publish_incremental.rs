@@ -5,9 +5,10 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -28,6 +29,10 @@ struct Counting {
     reads: AtomicUsize,
     creates: AtomicUsize,
     others: AtomicUsize,
+    /// When set, the first rename of each narinfo finds its temporary file gone, as if another
+    /// host's publisher had removed it as stale.
+    steal_staged_narinfos: AtomicBool,
+    stolen: Mutex<BTreeSet<String>>,
 }
 
 impl Counting {
@@ -55,6 +60,12 @@ impl CacheBackend for Counting {
     }
     async fn rename(&self, from: &str, to: &str) -> Result<(), BackendError> {
         self.others.fetch_add(1, Ordering::SeqCst);
+        if self.steal_staged_narinfos.load(Ordering::SeqCst)
+            && to.ends_with(".narinfo")
+            && self.stolen.lock().unwrap().insert(to.to_owned())
+        {
+            self.inner.remove(from).await.unwrap();
+        }
         self.inner.rename(from, to).await
     }
     async fn remove(&self, path: &str) -> Result<(), BackendError> {
@@ -90,6 +101,8 @@ impl Local {
             reads: AtomicUsize::new(0),
             creates: AtomicUsize::new(0),
             others: AtomicUsize::new(0),
+            steal_staged_narinfos: AtomicBool::new(false),
+            stolen: Mutex::new(BTreeSet::new()),
         });
         let settings = Settings {
             url: CacheUrl::File {
@@ -290,4 +303,23 @@ async fn build_logs_are_served_to_nix_log() {
                 .args(["--store", &nginx.url(), "-l", drv.as_str()]),
         );
     assert_eq!(String::from_utf8_lossy(&out.stdout), want);
+}
+
+/// A staged narinfo can wait for its references longer than another host's publisher leaves
+/// temporaries alone; if that one removed it, the narinfo is written again, not the publish
+/// failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_staged_narinfo_removed_by_another_cleanup_is_written_again() {
+    let local = Local::new().await;
+    let toplevels = local.bed.toplevels();
+    local
+        .counting
+        .steal_staged_narinfos
+        .store(true, Ordering::SeqCst);
+    let summary = local.publish(&toplevels, &[]).await;
+    assert_eq!(summary.uploaded_paths, summary.closure_paths, "{summary:?}");
+    let stolen = local.counting.stolen.lock().unwrap().len();
+    assert_eq!(stolen, summary.closure_paths);
+    assert_eq!(closure_problems(&local.bed.cache), Vec::<String>::new());
+    assert_eq!(common::temporaries(&local.bed.cache), Vec::<PathBuf>::new());
 }

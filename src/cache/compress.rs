@@ -128,8 +128,8 @@ fn xz_dict_size(preset: u32, input_size: u64) -> u32 {
     u32::try_from(fits).map_or(preset_dict, |fits| fits.min(preset_dict))
 }
 
-fn xz_stream(level: i32, threads: NonZeroU32, input_size: u64) -> io::Result<Stream> {
-    let preset = u32::try_from(level)
+fn xz_preset(level: i32) -> io::Result<u32> {
+    u32::try_from(level)
         .ok()
         .filter(|l| *l <= 9)
         .ok_or_else(|| {
@@ -137,17 +137,39 @@ fn xz_stream(level: i32, threads: NonZeroU32, input_size: u64) -> io::Result<Str
                 io::ErrorKind::InvalidInput,
                 format!("xz compression level {level} is outside 0–9"),
             )
-        })?;
+        })
+}
+
+/// How many threads [`compressor`] really uses for these arguments: `threads` for zstd, and
+/// for xz only when the input is at least two of liblzma's threaded blocks (3× the
+/// dictionary: 48 MiB of NAR at level 6), else one. The publisher takes that many CPU permits.
+pub fn threads_used(c: Compression, level: i32, threads: NonZeroU32, input_size: u64) -> u32 {
+    match c {
+        Compression::Zstd => threads.get(),
+        Compression::None => 1,
+        Compression::Xz => match xz_preset(level) {
+            Ok(preset) if !xz_single_block(preset, input_size) => threads.get(),
+            _ => 1,
+        },
+    }
+}
+
+/// Whether `input_size` bytes are under two threaded blocks of liblzma (3× the dictionary):
+/// the threaded encoder would then use one worker anyway, at the cost of its machinery and a
+/// copy of each block; the plain encoder writes the same format.
+fn xz_single_block(preset: u32, input_size: u64) -> bool {
+    input_size < 2 * 3 * u64::from(xz_dict_size(preset, input_size))
+}
+
+fn xz_stream(level: i32, threads: NonZeroU32, input_size: u64) -> io::Result<Stream> {
+    let preset = xz_preset(level)?;
     let mut options = LzmaOptions::new_preset(preset).map_err(io::Error::other)?;
     let dict = xz_dict_size(preset, input_size);
     options.dict_size(dict);
     let mut filters = Filters::new();
     filters.lzma2(&options);
-    // liblzma's threaded encoder cuts blocks of 3× the dictionary: a NAR shorter than two of
-    // them would use one worker anyway, at the cost of the worker machinery and a copy of each
-    // block; the plain encoder writes the same format.
     let block = 3 * u64::from(dict);
-    if threads.get() == 1 || input_size < 2 * block {
+    if threads.get() == 1 || xz_single_block(preset, input_size) {
         return Stream::new_stream_encoder(&filters, Check::Crc64).map_err(io::Error::other);
     }
     MtStreamBuilder::new()
@@ -246,14 +268,17 @@ mod tests {
     }
 
     #[test]
-    fn xz_with_a_small_size_hint_uses_the_threaded_encoder_and_stays_standard() {
-        // A 100 kB hint gives a 128 KiB dictionary, 384 KiB blocks: the 1.6 MB input is
-        // several blocks on 4 threads. A wrong hint costs ratio, never correctness.
+    fn xz_threaded_encoder_for_several_blocks_stays_standard() {
+        // Level 0: a 256 KiB dictionary, 768 KiB blocks, so the 1.6 MB input is three blocks
+        // on 4 threads: the threaded path, which the other tests' sizes never take.
         let data: Vec<u8> = (0..400_000u32)
             .flat_map(|i| (i % 251).to_le_bytes())
             .collect();
         let four = NonZeroU32::new(4).unwrap();
-        let mut enc = compressor(Compression::Xz, 6, four, 100_000, Vec::new()).unwrap();
+        let size = data.len() as u64;
+        assert_eq!(threads_used(Compression::Xz, 0, four, size), 4);
+        let mut enc = compressor(Compression::Xz, 0, four, size, Vec::new()).unwrap();
+        assert!(matches!(&enc, Compressor::Xz(_)));
         enc.write_all(&data).unwrap();
         let packed = enc.finish().unwrap();
         let mut unpacked = Vec::new();
@@ -261,6 +286,10 @@ mod tests {
             .read_to_end(&mut unpacked)
             .unwrap();
         assert_eq!(unpacked, data);
+        // Level 6 keeps the same input on one thread: one block of 3 × 2 MiB.
+        assert_eq!(threads_used(Compression::Xz, 6, four, size), 1);
+        assert_eq!(threads_used(Compression::Xz, 6, four, 64 << 20), 4);
+        assert_eq!(threads_used(Compression::Zstd, 3, four, size), 4);
     }
 
     #[test]

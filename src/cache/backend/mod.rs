@@ -105,7 +105,7 @@ pub trait CacheBackend: Send + Sync + std::fmt::Debug {
         let tmp = temp_name(path)?;
         let result = async {
             let mut upload = self.create(&tmp).await?;
-            upload.write(contents).await?;
+            upload.write(contents.clone()).await?;
             upload.finish().await
         }
         .await;
@@ -114,6 +114,7 @@ pub trait CacheBackend: Send + Sync + std::fmt::Debug {
                 tmp,
                 path: path.to_owned(),
                 size,
+                contents,
             }),
             Err(e) => {
                 let _ = self.remove(&tmp).await;
@@ -143,6 +144,8 @@ pub struct Staged {
     pub path: String,
     /// Bytes written.
     pub size: u64,
+    /// What was written (small files only go this way), to write it again if need be.
+    pub contents: Bytes,
 }
 
 /// A file being written, chunk by chunk, without holding it in memory.

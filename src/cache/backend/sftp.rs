@@ -378,10 +378,12 @@ async fn read_ahead(file: &File, tx: &mpsc::Sender<Bytes>) -> Result<(), SftpErr
         let (offset, mut task) = reads.pop_front().expect("just filled");
         let chunk = match (&mut task.0).await {
             Ok(read) => read?,
-            Err(join) => std::panic::resume_unwind(join.into_panic()),
+            Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+            Err(_) => return Err(SftpError::IOError(std::io::Error::other("read cancelled"))),
         };
-        let Some(chunk) = chunk else {
-            return Ok(()); // end of file: the reads after it are past it too
+        // End of file (an empty answer counts as one: it would never advance).
+        let Some(chunk) = chunk.filter(|c| !c.is_empty()) else {
+            return Ok(()); // the reads after it are past it too
         };
         let mut at = offset + chunk.len() as u64;
         if tx.send(chunk).await.is_err() {
@@ -389,7 +391,8 @@ async fn read_ahead(file: &File, tx: &mpsc::Sender<Bytes>) -> Result<(), SftpErr
         }
         let end = offset + u64::from(READ_LEN);
         while at < end {
-            let Some(rest) = read_at(file.clone(), at, (end - at) as u32).await? else {
+            let rest = read_at(file.clone(), at, (end - at) as u32).await?;
+            let Some(rest) = rest.filter(|r| !r.is_empty()) else {
                 return Ok(());
             };
             at += rest.len() as u64;

@@ -6,7 +6,7 @@
 //! narinfo's open, write + fsync, rename) rather than CPU or memory, so over a 20 ms link a few
 //! at a time leave the link idle. Small NARs (with xz: all) compress at most one per core at
 //! once (a semaphore), however many wait on the network. They start in dependency order so that
-//! narinfos can follow early.
+//! narinfos can follow early (with xz: biggest first, see below).
 //!
 //! A path's narinfo (signed with every key) is *staged* — written and fsynced under a
 //! temporary name — as soon as its NAR is in place, and *committed* — renamed to
@@ -25,7 +25,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::stream::{upload_nar, NarError, UploadedNar};
+use super::stream::{upload_nar, CpuSlots, NarError, UploadedNar};
 use super::summary::{HeldBack, PathFailure, Published};
 use super::{Progress, ProgressFn, Settings};
 use crate::cache::backend::{BackendError, CacheBackend, Staged};
@@ -94,11 +94,12 @@ pub async fn run(
     let mut large_in_flight = 0;
     let in_flight_max = settings.jobs * SMALL_FACTOR;
     let mut large_max = settings.jobs;
-    // An xz encoder is slow and big (~11× its dictionary: up to 94 MiB per NAR at level 6)
-    // and outruns no link: with xz every NAR compresses under a permit, one per core, and the
-    // publish is a packing of compressions onto cores. Biggest first (permits are granted in
-    // the order the uploads start), or the last big NAR compresses alone on one core while
-    // the others idle: a 20 MB NAR takes ~10 s at level 6.
+    // An xz encoder is slow and big (~11× its dictionary: up to 94 MiB per thread at level 6)
+    // and outruns no link: with xz every NAR compresses under permits, one per thread it uses
+    // (the cores bound it, not `jobs`), taken before its temporary file is opened, and the
+    // publish is a packing of compressions onto cores. Biggest first (the semaphore grants
+    // permits in the order the uploads ask), or the last big NAR compresses alone on one core
+    // while the others idle: a 20 MB NAR takes ~10 s at level 6.
     let every_nar_takes_a_permit = settings.compression == Compression::Xz;
     if every_nar_takes_a_permit {
         large.extend(small.drain(..));
@@ -125,8 +126,8 @@ pub async fn run(
 
     loop {
         while nars.len() < in_flight_max {
-            // The first path in dependency order, unless it is large and `jobs` large ones
-            // are running: then the first small one.
+            // The first path in the queues' order, unless it is large and `large_max` large
+            // ones are running: then the first small one.
             let large_first = match (small.front(), large.front()) {
                 (_, None) => false,
                 (None, Some(_)) => true,
@@ -152,7 +153,10 @@ pub async fn run(
             if large_nar {
                 large_in_flight += 1;
             }
-            let cpu = (!large_nar || every_nar_takes_a_permit).then(|| Arc::clone(&cpu));
+            let cpu = (!large_nar || every_nar_takes_a_permit).then(|| CpuSlots {
+                cores: Arc::clone(&cpu),
+                before_open: every_nar_takes_a_permit,
+            });
             let backend = Arc::clone(backend);
             let (compression, level) = (settings.compression, settings.level);
             nars.spawn(async move {
@@ -235,7 +239,7 @@ pub async fn run(
         }
     }
     // Narinfos staged but never committed: a reference of theirs failed after they started.
-    staged.discard();
+    staged.remove_all().await?;
     for path in nar_ready.into_keys() {
         let info = &infos[&path];
         let unpublished = |r: &&StorePath| {
@@ -284,8 +288,18 @@ impl StagedNarinfos {
         self.waiting.remove(path)
     }
 
-    /// Removes every staged file, in the background (best effort: what a lost connection
-    /// leaves, the next run's cleanup of stale temporaries removes).
+    /// Removes every staged file before returning (the publish ended normally: the cache
+    /// works, and a held-back path's narinfo must not linger under a temporary name).
+    async fn remove_all(&mut self) -> Result<(), BackendError> {
+        for staged in std::mem::take(&mut self.waiting).into_values() {
+            self.backend.remove(&staged.tmp).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes every staged file in the background: the publish stopped (cancelled, or the
+    /// cache failed). Best effort: what a lost connection leaves, the next run's cleanup of
+    /// stale temporaries removes.
     fn discard(&mut self) {
         let waiting = std::mem::take(&mut self.waiting);
         if waiting.is_empty() {
@@ -317,7 +331,15 @@ fn spawn_commit(
 ) {
     let backend = Arc::clone(backend);
     set.spawn(async move {
-        let r = backend.commit(narinfo).await;
+        let r = match backend.commit(narinfo.clone()).await {
+            // The temporary file is gone: it waited for its references longer than
+            // STALE_AFTER and another host's publisher removed it as abandoned. Write it again.
+            Err(BackendError::NotFound { .. }) => backend
+                .write_atomic(&narinfo.path, narinfo.contents)
+                .await
+                .map(drop),
+            r => r,
+        };
         (path, r)
     });
 }

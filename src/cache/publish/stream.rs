@@ -19,6 +19,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::cache::backend::{temp_name, BackendError, CacheBackend};
+use crate::cache::compress::threads_used;
 use crate::cache::{compressor, dump_path, nar_url, Compression, FileHash, HashingWriter, NarHash};
 use crate::nix::PathInfo;
 use crate::types::StorePath;
@@ -75,22 +76,31 @@ struct Hashes {
     file_size: u64,
 }
 
+/// Where a NAR's compression waits for CPU: permits of a semaphore with one per core, one per
+/// thread the compressor will use.
+pub struct CpuSlots {
+    pub cores: Arc<Semaphore>,
+    /// Wait for the permits before opening the temporary file. The wait can be long (xz: a
+    /// queue of NARs compressing at ~2 MB/s per core) and a temporary file older than
+    /// [`STALE_AFTER`](super::plan::STALE_AFTER) may be removed by another host's publisher.
+    /// Otherwise the open's round trip overlaps the (short) wait.
+    pub before_open: bool,
+}
+
 /// Serialises, hashes, compresses and uploads `info.path`; see the module docs. With `cpu`,
-/// the compression waits for one of its permits (the upload's open does not).
+/// the compression first takes its permits.
 pub async fn upload_nar(
     backend: &Arc<dyn CacheBackend>,
     info: &PathInfo,
     compression: Compression,
     level: i32,
-    cpu: Option<Arc<Semaphore>>,
+    cpu: Option<CpuSlots>,
 ) -> Result<UploadedNar, NarError> {
     let tmp = temp_name(&format!(
         "nar/{}{}",
         info.path.hash_part(),
         compression.nar_extension()
     ))?;
-    let mut upload = backend.create(&tmp).await?;
-    let (tx, mut rx) = mpsc::channel::<Bytes>(QUEUE);
     let threads = if info.nar_size >= MULTITHREAD_FROM {
         std::thread::available_parallelism().map_or(NonZeroU32::MIN, |n| {
             NonZeroU32::new(n.get() as u32).unwrap_or(NonZeroU32::MIN)
@@ -98,9 +108,21 @@ pub async fn upload_nar(
     } else {
         NonZeroU32::MIN
     };
-    let permit = match cpu {
-        Some(cpu) => Some(cpu.acquire_owned().await.expect("never closed")),
-        None => None,
+    let take = |cpu: CpuSlots| async move {
+        // `threads` is at most the cores, which is how many permits there are.
+        let n = threads_used(compression, level, threads, info.nar_size);
+        cpu.cores.acquire_many_owned(n).await.expect("never closed")
+    };
+    let (early, late) = match cpu {
+        Some(cpu) if cpu.before_open => (Some(take(cpu).await), None),
+        cpu => (None, cpu),
+    };
+    let mut upload = backend.create(&tmp).await?;
+    let (tx, mut rx) = mpsc::channel::<Bytes>(QUEUE);
+    let permit = match (early, late) {
+        (Some(permit), _) => Some(permit),
+        (None, Some(cpu)) => Some(take(cpu).await),
+        (None, None) => None,
     };
     let (path, nar_size) = (info.path.clone(), info.nar_size);
     let producer = tokio::task::spawn_blocking(move || -> io::Result<Hashes> {
