@@ -55,17 +55,7 @@ fn fleet_closures_substitute_from_the_sftp_cache_with_require_sigs() {
     // Nix's own verification and ours agree that everything is signed and complete.
     bed.assert_nix_verifies(&toplevels);
     let out = bed.farm.farmctl(&bed.fleet, ["cache", "verify", "--deep"]);
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        stdout_of(&out),
-        stderr_of(&out)
-    );
-    assert!(
-        stdout_of(&out).ends_with(", 0 problems"),
-        "{}",
-        stdout_of(&out)
-    );
+    bed.assert_verify_clean(&out);
 }
 
 #[test]
@@ -130,21 +120,7 @@ fn world_readable_and_malformed_keys_are_refused_before_anything_is_written() {
 fn deep_verify_streams_big_nars_and_finds_a_flipped_byte() {
     const MIB: usize = 96;
     let bed = CacheBed::new();
-    let expr = format!(
-        r#"derivation {{
-             name = "big-verify"; system = "x86_64-linux"; builder = "/bin/sh";
-             salt = "{salt}";
-             args = [ "-c" "PATH=/usr/bin:/bin; mkdir $out; head -c {bytes} /dev/urandom > $out/data" ];
-           }}"#,
-        salt = bed.fleet.salt(),
-        bytes = MIB * 1024 * 1024,
-    );
-    let out = bed
-        .fleet
-        .env()
-        .nix(["build", "--impure", "--no-link", "--json", "--expr", &expr]);
-    let built: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let path = built[0]["outputs"]["out"].as_str().unwrap().to_owned();
+    let path = bed.random_chain(1, MIB);
     bed.publish_ok(std::slice::from_ref(&path));
 
     // Peak RSS of farmctl itself (/usr/bin/time, from tests/setup-debian.sh).
@@ -168,17 +144,7 @@ fn deep_verify_streams_big_nars_and_finds_a_flipped_byte() {
         (out, rss_kib)
     };
     let (out, rss_kib) = deep_verify();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        stdout_of(&out),
-        stderr_of(&out)
-    );
-    assert!(
-        stdout_of(&out).ends_with(", 0 problems"),
-        "{}",
-        stdout_of(&out)
-    );
+    bed.assert_verify_clean(&out);
     eprintln!("cache verify --deep of a {MIB} MiB NAR: peak RSS {rss_kib} KiB");
     assert!(
         rss_kib < (MIB as u64 / 2) * 1024,

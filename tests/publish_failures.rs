@@ -11,28 +11,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::{closure_problems, run, stderr_of, stdout_of, temporaries, CacheBed};
 
-/// A chain of `n` paths of `mib` MiB of random (incompressible) data each, every one
-/// referencing the previous: slow enough to be interrupted, and a real dependency order.
-fn big_chain(bed: &CacheBed, n: usize, mib: usize) -> String {
-    let expr = format!(
-        r#"let mk = prev: i: derivation {{
-              name = "big-{i}"; system = "x86_64-linux"; builder = "/bin/sh";
-              salt = "{salt}"; inherit prev; size = "{bytes}";
-              args = [ "-c" "PATH=/usr/bin:/bin; mkdir $out; echo $prev > $out/prev; head -c $size /dev/urandom > $out/data" ];
-            }};
-           in builtins.foldl' (p: i: mk p (toString i)) "" (builtins.genList (x: x) {n})"#,
-        i = "${i}",
-        salt = bed.fleet.salt(),
-        bytes = mib * 1024 * 1024,
-    );
-    let out = bed
-        .fleet
-        .env()
-        .nix(["build", "--impure", "--no-link", "--json", "--expr", &expr]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    v[0]["outputs"]["out"].as_str().unwrap().to_owned()
-}
-
 /// farmctl publish ROOTS, started in the background.
 fn spawn_publish(bed: &CacheBed, roots: &[String]) -> std::process::Child {
     let config = bed.farm.write_config();
@@ -79,7 +57,7 @@ fn assert_complete_and_clean(bed: &CacheBed, roots: &[String]) {
 #[test]
 fn kill_9_at_random_moments_never_breaks_a_closure() {
     let bed = CacheBed::new();
-    let roots = vec![big_chain(&bed, 10, 8)];
+    let roots = vec![bed.random_chain(10, 8)];
     let mut killed_mid_publish = 0;
     // Early windows first: once a publish completes, later rounds have nothing left to do, so
     // a fast publisher would otherwise outrun every kill.
@@ -110,7 +88,7 @@ fn kill_9_at_random_moments_never_breaks_a_closure() {
 #[test]
 fn cutting_the_sftp_sessions_mid_upload_is_reported_and_repaired() {
     let bed = CacheBed::new();
-    let roots = vec![big_chain(&bed, 6, 8)];
+    let roots = vec![bed.random_chain(6, 8)];
     let child = spawn_publish(&bed, &roots);
     let deadline = Instant::now() + Duration::from_secs(60);
     while temporaries(&bed.cache)
@@ -163,7 +141,7 @@ fn full_remote_disk_is_reported_and_nothing_published_is_damaged() {
         .map(|e| e.path())
         .collect();
 
-    let (out, _) = bed.publish(&[big_chain(&bed, 3, 2)]);
+    let (out, _) = bed.publish(&[bed.random_chain(3, 2)]);
     let err = stderr_of(&out);
     assert!(!out.status.success());
     assert!(err.contains("disk full"), "{err}");

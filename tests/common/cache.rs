@@ -107,6 +107,45 @@ impl CacheBed {
             .args(roots));
     }
 
+    /// A chain of `n` paths of `mib` MiB of random (incompressible) data each, every one
+    /// referencing the previous (a real dependency order, slow enough to interrupt); returns
+    /// the last.
+    pub fn random_chain(&self, n: usize, mib: usize) -> String {
+        let expr = format!(
+            r#"let mk = prev: i: derivation {{
+                  name = "big-{i}"; system = "x86_64-linux"; builder = "/bin/sh";
+                  salt = "{salt}"; inherit prev; size = "{bytes}";
+                  args = [ "-c" "PATH=/usr/bin:/bin; mkdir $out; echo $prev > $out/prev; head -c $size /dev/urandom > $out/data" ];
+                }};
+               in builtins.foldl' (p: i: mk p (toString i)) "" (builtins.genList (x: x) {n})"#,
+            i = "${i}",
+            salt = self.fleet.salt(),
+            bytes = mib * 1024 * 1024,
+        );
+        let out =
+            self.fleet
+                .env()
+                .nix(["build", "--impure", "--no-link", "--json", "--expr", &expr]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v[0]["outputs"]["out"].as_str().unwrap().to_owned()
+    }
+
+    /// `farmctl cache verify` (with `--deep`) found nothing wrong.
+    #[track_caller]
+    pub fn assert_verify_clean(&self, out: &Output) {
+        assert!(
+            out.status.success(),
+            "{}\n{}",
+            stdout_of(out),
+            stderr_of(out)
+        );
+        assert!(
+            stdout_of(out).ends_with(", 0 problems"),
+            "{}",
+            stdout_of(out)
+        );
+    }
+
     /// Every path of the closures of `roots`, per the local store.
     pub fn closure(&self, roots: &[String]) -> BTreeSet<String> {
         let out = self.fleet.env().nix(
