@@ -29,6 +29,7 @@ use openssh_sftp_client::{Error as SftpError, Sftp, SftpOptions};
 use tokio::io::AsyncSeek;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::ssh::{classify_connect_failure, resolve, ssh_args, Peer, SshProcess};
 use super::{check_path, BackendError, CacheBackend, Entry, SftpTarget, SshOptions, Upload};
@@ -367,16 +368,16 @@ async fn read_ahead(file: &File, tx: &mpsc::Sender<Bytes>) -> Result<(), SftpErr
     }
     // Spawned in offset order; each is queued on the session when it first runs, and the
     // offsets are explicit, so the order requests leave in does not matter.
-    let mut reads: VecDeque<(u64, AbortOnDrop<ReadResult>)> = VecDeque::new();
+    let mut reads: VecDeque<(u64, AbortOnDropHandle<ReadResult>)> = VecDeque::new();
     let mut next = 0u64;
     loop {
         while reads.len() < READS_IN_FLIGHT {
             let task = tokio::spawn(read_at(file.clone(), next, READ_LEN));
-            reads.push_back((next, AbortOnDrop(task)));
+            reads.push_back((next, AbortOnDropHandle::new(task)));
             next += u64::from(READ_LEN);
         }
         let (offset, mut task) = reads.pop_front().expect("just filled");
-        let chunk = match (&mut task.0).await {
+        let chunk = match (&mut task).await {
             Ok(read) => read?,
             Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
             Err(_) => return Err(SftpError::IOError(std::io::Error::other("read cancelled"))),
@@ -404,15 +405,6 @@ async fn read_ahead(file: &File, tx: &mpsc::Sender<Bytes>) -> Result<(), SftpErr
 }
 
 type ReadResult = Result<Option<Bytes>, SftpError>;
-
-/// A spawned task that is aborted when this is dropped (a read nobody waits for any more).
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
 
 /// A streaming upload: chunks are batched up to [`WRITE_LEN`] and written as pipelined
 /// requests, each on a clone of the handle at its own offset (SFTP writes carry the offset).

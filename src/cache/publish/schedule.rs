@@ -25,7 +25,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::stream::{upload_nar, CpuSlots, NarError, UploadedNar};
+use super::stream::{cores, upload_nar, CpuSlots, NarError, UploadedNar};
 use super::summary::{HeldBack, PathFailure, Published};
 use super::{Progress, ProgressFn, Settings};
 use crate::cache::backend::{BackendError, CacheBackend, Staged};
@@ -115,7 +115,7 @@ pub async fn run(
     let mut nar_ready: BTreeMap<StorePath, UploadedNar> = BTreeMap::new();
     let mut staged = StagedNarinfos::new(backend);
     let mut failed_or_held: BTreeSet<StorePath> = BTreeSet::new();
-    let cpu = Arc::new(Semaphore::new(cores()));
+    let cpu = Arc::new(Semaphore::new(cores().get() as usize));
     let mut out = Outcome::default();
     let mut shown = Progress {
         paths_total: infos.len(),
@@ -169,8 +169,8 @@ pub async fn run(
         }
         tokio::select! {
             _ = cancel.cancelled() => {
-                // Dropping the sets aborts the tasks; their uploads remove their temporaries.
-                staged.discard();
+                // Dropping the sets aborts the tasks; their uploads remove their temporaries,
+                // and `staged` its narinfos.
                 return Err(ScheduleError::Cancelled);
             }
             Some(done) = nars.join_next() => {
@@ -187,10 +187,7 @@ pub async fn run(
                         spawn_stage(&mut staging, backend, settings, &infos[&path], &nar);
                         nar_ready.insert(path, nar);
                     }
-                    Err(NarError::Backend(e)) => {
-                        staged.discard();
-                        return Err(e.into());
-                    }
+                    Err(NarError::Backend(e)) => return Err(e.into()),
                     Err(e) => {
                         tracing::warn!(path = %path, error = %e, "path not published");
                         out.failed.push(PathFailure { path: path.clone(), error: e.to_string() });
@@ -200,13 +197,7 @@ pub async fn run(
             }
             Some(done) = staging.join_next() => {
                 let (path, result) = done.expect("narinfo task panicked");
-                let narinfo = match result {
-                    Ok(narinfo) => narinfo,
-                    Err(e) => {
-                        staged.discard();
-                        return Err(e.into());
-                    }
-                };
+                let narinfo = result?;
                 if waiting[&path] == 0 {
                     spawn_commit(&mut commits, backend, path, narinfo);
                 } else {
@@ -215,10 +206,7 @@ pub async fn run(
             }
             Some(done) = commits.join_next() => {
                 let (path, result) = done.expect("narinfo task panicked");
-                if let Err(e) = result {
-                    staged.discard();
-                    return Err(e.into());
-                }
+                result?;
                 let nar = nar_ready.remove(&path).expect("narinfo follows its NAR");
                 out.published.insert(path.clone(), Published {
                     nar_size: infos[&path].nar_size,
@@ -260,11 +248,6 @@ pub async fn run(
     Ok(out)
 }
 
-/// The cores this machine has: how many small NARs compress at once.
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
 /// Narinfos written under temporary names, waiting for their references' narinfos. Whatever
 /// is still here when the schedule ends (held back, or the publish stopped) is removed.
 struct StagedNarinfos {
@@ -296,13 +279,15 @@ impl StagedNarinfos {
         }
         Ok(())
     }
+}
 
-    /// Removes every staged file in the background: the publish stopped (cancelled, or the
-    /// cache failed). Best effort: what a lost connection leaves, the next run's cleanup of
+impl Drop for StagedNarinfos {
+    /// The publish stopped (cancelled, or the cache failed): removes what is still staged in
+    /// the background. Best effort: what a lost connection leaves, the next run's cleanup of
     /// stale temporaries removes.
-    fn discard(&mut self) {
+    fn drop(&mut self) {
         let waiting = std::mem::take(&mut self.waiting);
-        if waiting.is_empty() {
+        if waiting.is_empty() || tokio::runtime::Handle::try_current().is_err() {
             return;
         }
         let backend = Arc::clone(&self.backend);
@@ -311,14 +296,6 @@ impl StagedNarinfos {
                 let _ = backend.remove(&staged.tmp).await;
             }
         });
-    }
-}
-
-impl Drop for StagedNarinfos {
-    fn drop(&mut self) {
-        if !self.waiting.is_empty() && tokio::runtime::Handle::try_current().is_ok() {
-            self.discard();
-        }
     }
 }
 

@@ -32,6 +32,14 @@ const QUEUE: usize = 16;
 /// keep the cores busy, and a zstd worker pool per tiny NAR costs more than it saves).
 const MULTITHREAD_FROM: u64 = 8 * 1024 * 1024;
 
+/// The cores of this machine: threads for one large NAR's compression, and the publisher's
+/// CPU permits.
+pub fn cores() -> NonZeroU32 {
+    std::thread::available_parallelism().map_or(NonZeroU32::MIN, |n| {
+        NonZeroU32::new(n.get() as u32).unwrap_or(NonZeroU32::MIN)
+    })
+}
+
 /// A NAR now in place in the cache.
 #[derive(Clone, Debug)]
 pub struct UploadedNar {
@@ -102,9 +110,7 @@ pub async fn upload_nar(
         compression.nar_extension()
     ))?;
     let threads = if info.nar_size >= MULTITHREAD_FROM {
-        std::thread::available_parallelism().map_or(NonZeroU32::MIN, |n| {
-            NonZeroU32::new(n.get() as u32).unwrap_or(NonZeroU32::MIN)
-        })
+        cores()
     } else {
         NonZeroU32::MIN
     };
