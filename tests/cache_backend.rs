@@ -77,6 +77,8 @@ on_both_backends!(
     mkdir_all_creates_parents_and_accepts_existing,
     upload_of_64_mib_stream_is_byte_exact,
     listing_5000_files_takes_one_list_call,
+    fast_listing_finds_every_name_at_every_batch_boundary,
+    read_returns_whole_files_of_any_size,
     abandoned_upload_leaves_no_temporary_file,
     paths_outside_the_cache_are_refused,
     listing_a_missing_directory_is_not_found,
@@ -250,6 +252,47 @@ async fn listing_5000_files_takes_one_list_call(fx: Fixture) {
         assert!(e.mtime.is_some() && !e.is_dir);
     }
     eprintln!("listed 5000 entries in {took:?}");
+}
+
+/// `list_fast` keeps several READDIRs out at once (OpenSSH answers each with up to 100 names,
+/// `.` and `..` included): around every batch boundary it must still return every name once.
+async fn fast_listing_finds_every_name_at_every_batch_boundary(fx: Fixture) {
+    for count in [0, 1, 97, 98, 99, 100, 101, 797, 798, 799, 800, 801, 1599, 1601, 3000] {
+        let dir = format!("d{count}");
+        std::fs::create_dir(fx.root.join(&dir)).unwrap();
+        let mut expected = Vec::new();
+        for i in 0..count {
+            let name = format!("{i:05}.narinfo");
+            std::fs::write(fx.root.join(&dir).join(&name), b"x").unwrap();
+            expected.push(name);
+        }
+        for _ in 0..3 {
+            let mut names: Vec<String> = fx
+                .backend
+                .list_fast(&dir)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| e.name)
+                .collect();
+            names.sort();
+            assert_eq!(names, expected, "{count} files");
+        }
+    }
+    let err = fx.backend.list_fast("nope").await.unwrap_err();
+    assert!(matches!(err, BackendError::NotFound { .. }), "{err}");
+}
+
+/// `read` asks for the size and the first bytes at once; files around the read size and
+/// bigger than it come back whole.
+async fn read_returns_whole_files_of_any_size(fx: Fixture) {
+    for size in [0usize, 1, 255 * 1024 - 1, 255 * 1024, 255 * 1024 + 1, 3 << 20] {
+        let data: Vec<u8> = (0..size).map(|i| (i * 7 + i / 251) as u8).collect();
+        let name = format!("f{size}");
+        std::fs::write(fx.root.join(&name), &data).unwrap();
+        let read = fx.backend.read(&name).await.unwrap().unwrap();
+        assert!(read == data, "{size} bytes: read {} bytes", read.len());
+    }
 }
 
 async fn abandoned_upload_leaves_no_temporary_file(fx: Fixture) {

@@ -57,6 +57,15 @@ pub trait CacheBackend: Send + Sync + std::fmt::Debug {
     /// server's order. One readdir sequence, never a request per file.
     async fn list(&self, dir: &str) -> Result<Vec<Entry>, BackendError>;
 
+    /// Like [`list`](Self::list), but it may ask for several batches of names at once: over
+    /// SFTP a directory of N entries costs ~N/800 round trips instead of ~N/100. A server that
+    /// mishandles concurrent reads of one directory could make it leave names out (never add
+    /// any), so it is only for decisions where a missing name costs work, not data: what to
+    /// upload, which temporaries to clean. Never for what to delete or to report.
+    async fn list_fast(&self, dir: &str) -> Result<Vec<Entry>, BackendError> {
+        self.list(dir).await
+    }
+
     /// The contents of a small file (`nix-cache-info`, a narinfo), or `None` if it does not
     /// exist.
     async fn read(&self, path: &str) -> Result<Option<Vec<u8>>, BackendError>;

@@ -10,7 +10,7 @@
 //! long the link. OpenSSH's sftp-server answers a full disk with a generic "Failure"; such
 //! failures on writes are checked against `statvfs` to say "disk full" when it is.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
@@ -25,6 +25,7 @@ use bytes::{Bytes, BytesMut};
 use futures_core::Stream;
 use openssh_sftp_client::error::SftpErrorKind;
 use openssh_sftp_client::file::File;
+use openssh_sftp_client::fs::{DirEntry, ReadDir};
 use openssh_sftp_client::{Error as SftpError, Sftp, SftpOptions};
 use tokio::io::AsyncSeek;
 use tokio::sync::mpsc;
@@ -37,6 +38,9 @@ use super::{check_path, BackendError, CacheBackend, Entry, SftpTarget, SshOption
 /// Bytes per write request: OpenSSH's sftp-server accepts up to 256 KiB messages and
 /// announces 255 KiB of data per write (limits@openssh.com).
 const WRITE_LEN: usize = 255 * 1024;
+
+/// READDIR requests [`CacheBackend::list_fast`] keeps outstanding: 800 names a round trip.
+const READDIRS_IN_FLIGHT: usize = 8;
 
 /// A failed write leaves less than this free: call it a full disk.
 const NEARLY_FULL: u64 = 1024 * 1024;
@@ -113,6 +117,63 @@ impl SftpBackend {
 }
 
 impl Shared {
+    /// Lists `dir` with `in_flight` READDIR requests outstanding on its handle at once.
+    ///
+    /// With more than one, every stream reads through a clone of the same handle: OpenSSH's
+    /// sftp-server answers one session's requests in order, each READDIR with the next (at most
+    /// 100) names, and EOF once they are all out, so the streams share the names between
+    /// them. Names seen twice are kept once.
+    async fn list(&self, dir: &str, in_flight: usize) -> Result<Vec<Entry>, BackendError> {
+        let full = self.full(dir, true)?;
+        let handle = match self.sftp.fs().open_dir(&full).await {
+            Ok(handle) => handle,
+            Err(e) => return Err(self.error("list", &full, &e, false).await),
+        };
+        let mut streams: Vec<Pin<Box<ReadDir>>> = (1..in_flight.max(1))
+            .map(|_| Box::pin(handle.clone().read_dir()))
+            .collect();
+        streams.push(Box::pin(handle.read_dir()));
+        let mut entries = Vec::new();
+        let mut seen = HashSet::new();
+        // The first EOF ends the listing: the answers to every READDIR sent before it have
+        // arrived (in order), so one more pass over the streams collects all names, and the
+        // READDIRs still out can only get EOF. Dropped streams wait for those in the background.
+        let mut exhausted = false;
+        let listed = std::future::poll_fn(|cx| {
+            let mut i = 0;
+            while i < streams.len() {
+                match streams[i].as_mut().poll_next(cx) {
+                    Poll::Ready(Some(Ok(entry))) => {
+                        if let Some(entry) = to_entry(&entry) {
+                            if in_flight == 1 || seen.insert(entry.name.clone()) {
+                                entries.push(entry);
+                            }
+                        }
+                    }
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                    Poll::Ready(None) => {
+                        streams.swap_remove(i);
+                        if !exhausted {
+                            exhausted = true;
+                            i = 0;
+                        }
+                    }
+                    Poll::Pending => i += 1,
+                }
+            }
+            if exhausted {
+                Poll::Ready(Ok(()))
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+        match listed {
+            Ok(()) => Ok(entries),
+            Err(e) => Err(self.error("list", &full, &e, false).await),
+        }
+    }
+
     fn full(&self, path: &str, root_ok: bool) -> Result<PathBuf, BackendError> {
         check_path(path, root_ok)?;
         Ok(if path.is_empty() {
@@ -206,45 +267,24 @@ impl Shared {
 #[async_trait]
 impl CacheBackend for SftpBackend {
     async fn list(&self, dir: &str) -> Result<Vec<Entry>, BackendError> {
-        let s = &*self.shared;
-        let full = s.full(dir, true)?;
-        let opened = s.sftp.fs().open_dir(&full).await;
-        let read_dir = match opened {
-            Ok(d) => d.read_dir(),
-            Err(e) => return Err(s.error("list", &full, &e, false).await),
-        };
-        tokio::pin!(read_dir);
-        let mut entries = Vec::new();
-        while let Some(item) =
-            std::future::poll_fn(|cx| Stream::poll_next(read_dir.as_mut(), cx)).await
-        {
-            let entry = match item {
-                Ok(entry) => entry,
-                Err(e) => return Err(s.error("list", &full, &e, false).await),
-            };
-            let Some(name) = entry.filename().to_str() else {
-                continue; // never ours: every name we write is UTF-8
-            };
-            if name == "." || name == ".." {
-                continue;
-            }
-            let meta = entry.metadata();
-            entries.push(Entry {
-                name: name.to_owned(),
-                size: meta.len().unwrap_or(0),
-                mtime: meta.modified().map(|t| t.as_system_time()),
-                is_dir: entry.file_type().is_some_and(|t| t.is_dir()),
-            });
-        }
-        Ok(entries)
+        self.shared.list(dir, 1).await
+    }
+
+    async fn list_fast(&self, dir: &str) -> Result<Vec<Entry>, BackendError> {
+        self.shared.list(dir, READDIRS_IN_FLIGHT).await
     }
 
     async fn read(&self, path: &str) -> Result<Option<Vec<u8>>, BackendError> {
         let s = &*self.shared;
         let full = s.full(path, false)?;
-        match s.sftp.fs().read(&full).await {
-            Ok(bytes) => Ok(Some(bytes.to_vec())),
-            Err(SftpError::SftpError(SftpErrorKind::NoSuchFile, _)) => Ok(None),
+        let file = match s.sftp.options().read(true).open(&full).await {
+            Ok(file) => file,
+            Err(SftpError::SftpError(SftpErrorKind::NoSuchFile, _)) => return Ok(None),
+            Err(e) => return Err(s.error("read", &full, &e, false).await),
+        };
+        // Dropping `file` sends its close without waiting for the answer.
+        match read_whole(&file).await {
+            Ok(bytes) => Ok(Some(bytes)),
             Err(e) => Err(s.error("read", &full, &e, false).await),
         }
     }
@@ -257,9 +297,8 @@ impl CacheBackend for SftpBackend {
             Err(SftpError::SftpError(SftpErrorKind::NoSuchFile, _)) => return Ok(false),
             Err(e) => return Err(s.error("read", &full, &e, false).await),
         };
-        let result = read_ahead(&file, &tx).await;
-        let _ = file.close().await;
-        match result {
+        // Dropping `file` sends its close without waiting for the answer.
+        match read_ahead(&file, &tx).await {
             Ok(()) => Ok(true),
             Err(e) => Err(s.error("read", &full, &e, false).await),
         }
@@ -360,12 +399,6 @@ const READS_IN_FLIGHT: usize = 16;
 /// own offsets in flight. A read answered short (end of file, or a server with a smaller
 /// limit) is completed with further reads before the next span, so nothing is skipped.
 async fn read_ahead(file: &File, tx: &mpsc::Sender<Bytes>) -> Result<(), SftpError> {
-    /// Reads up to `len` bytes at `offset`; `None` at end of file.
-    async fn read_at(mut file: File, offset: u64, len: u32) -> ReadResult {
-        Pin::new(&mut file).start_seek(SeekFrom::Start(offset))?;
-        let buf = BytesMut::with_capacity(len as usize);
-        Ok(file.read(len, buf).await?.map(BytesMut::freeze))
-    }
     // Spawned in offset order; each is queued on the session when it first runs, and the
     // offsets are explicit, so the order requests leave in does not matter.
     let mut reads: VecDeque<(u64, AbortOnDropHandle<ReadResult>)> = VecDeque::new();
@@ -405,6 +438,48 @@ async fn read_ahead(file: &File, tx: &mpsc::Sender<Bytes>) -> Result<(), SftpErr
 }
 
 type ReadResult = Result<Option<Bytes>, SftpError>;
+
+/// Reads up to `len` bytes at `offset`; `None` at end of file.
+async fn read_at(mut file: File, offset: u64, len: u32) -> ReadResult {
+    Pin::new(&mut file).start_seek(SeekFrom::Start(offset))?;
+    let buf = BytesMut::with_capacity(len as usize);
+    Ok(file.read(len, buf).await?.map(BytesMut::freeze))
+}
+
+/// A whole small file, one round trip after the open: its size and its first [`READ_LEN`]
+/// bytes are asked for at once (the crate's `Fs::read` waits for each in turn, and for an
+/// empty read at the end). Further reads only for a bigger file or a short answer.
+async fn read_whole(file: &File) -> Result<Vec<u8>, SftpError> {
+    let mut stat = file.clone();
+    let (meta, first) = tokio::join!(stat.metadata(), read_at(file.clone(), 0, READ_LEN));
+    let size = meta?.len();
+    let mut data = Vec::new();
+    let mut next = first?;
+    while let Some(chunk) = next.filter(|c| !c.is_empty()) {
+        data.extend_from_slice(&chunk);
+        if size.is_some_and(|size| data.len() as u64 >= size) {
+            break;
+        }
+        next = read_at(file.clone(), data.len() as u64, READ_LEN).await?;
+    }
+    Ok(data)
+}
+
+/// One READDIR name as an [`Entry`]; `None` for `.`, `..` and names that are not UTF-8 (never
+/// ours: every name we write is).
+fn to_entry(entry: &DirEntry) -> Option<Entry> {
+    let name = entry.filename().to_str()?;
+    if name == "." || name == ".." {
+        return None;
+    }
+    let meta = entry.metadata();
+    Some(Entry {
+        name: name.to_owned(),
+        size: meta.len().unwrap_or(0),
+        mtime: meta.modified().map(|t| t.as_system_time()),
+        is_dir: entry.file_type().is_some_and(|t| t.is_dir()),
+    })
+}
 
 /// A streaming upload: chunks are batched up to [`WRITE_LEN`] and written as pipelined
 /// requests, each on a clone of the handle at its own offset (SFTP writes carry the offset).

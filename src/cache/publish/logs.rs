@@ -35,7 +35,7 @@ pub async fn upload(
     cancel: &CancellationToken,
 ) -> Result<usize, BackendError> {
     let present: BTreeSet<String> = backend
-        .list("log")
+        .list_fast("log") // a name missed: a log written again
         .await?
         .into_iter()
         .map(|e| e.name)

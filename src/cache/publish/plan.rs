@@ -39,10 +39,11 @@ pub async fn plan(
     closure: &BTreeMap<StorePath, PathInfo>,
     priority: u32,
 ) -> Result<UploadPlan, BackendError> {
-    // Three at once: over a slow link each costs a few round trips.
+    // Three at once: over a slow link each costs a few round trips. A name a fast listing
+    // misses only means an upload that was not needed, or a temporary cleaned next time.
     let (root, nar, current) = tokio::join!(
-        backend.list(""),
-        backend.list("nar"),
+        backend.list_fast(""),
+        backend.list_fast("nar"),
         backend.read(NIX_CACHE_INFO)
     );
     let (root, nar, current) = (root?, nar?, current?);
