@@ -45,7 +45,22 @@ build-users-group =
 fsync-metadata = false'
 # Nix's narinfo disk cache and other per-user state stay inside the bench dir.
 export XDG_CACHE_HOME=$B/xdg-cache
-mkdir -p "$XDG_CACHE_HOME" "$B/remote" "$B/local" "$B/gcroots" "$B/bin" "$B/mnt-lo" "$B/mnt-wan"
+mkdir -p "$XDG_CACHE_HOME" "$B/local" "$B/gcroots" "$B/bin" "$B/mnt-lo" "$B/mnt-wan"
+remote_dir "$B/remote"
+
+# The cache host's account, as in the README (`sftp://farm@cache…`): a dedicated user with a
+# plain /bin/sh. Not root: sshd runs every session through the account's shell, and a root
+# whose ~/.bashrc starts a version manager (bash reads it under sshd) adds its start-up, ~0.1 s
+# here, to every SSH connection of all three tools.
+remote_user=nixfarm-bench
+made_user=0
+if ! id -u "$remote_user" >/dev/null 2>&1; then
+  useradd --system --no-create-home --home-dir /nonexistent --shell /bin/sh "$remote_user"
+  made_user=1
+fi
+chmod 755 "$B"
+# remote_dir DIR…: a directory of the cache host, owned by its account.
+remote_dir() { mkdir -p "$@" && chown "$remote_user" "$@"; }
 
 # ---------------------------------------------------------------- cleanup
 pids=()
@@ -54,6 +69,7 @@ cleanup() {
   set +e
   for m in "${mounts[@]}"; do fusermount3 -u "$m" 2>/dev/null || fusermount3 -uz "$m"; done
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
+  if ((made_user)) && [[ ${KEEP:-0} != 1 ]]; then userdel "$remote_user"; fi
   if [[ ${KEEP:-0} != 1 ]]; then
     rm -rf "$B/gcroots"
     if [[ -s $B/generated-paths ]]; then
@@ -111,7 +127,7 @@ for host in bench-lo bench-wan; do
 Host $host
   HostName 127.0.0.1
   Port $port
-  User root
+  User $remote_user
   IdentityFile $B/client_key
   IdentitiesOnly yes
   UserKnownHostsFile $B/known_hosts
@@ -139,7 +155,7 @@ dir = "$B/state"
 [control]
 socket = "$B/control.sock"
 [cache]
-url = "sftp://root@127.0.0.1:$port$B/remote/default" # every run passes --to
+url = "sftp://$remote_user@127.0.0.1:$port$B/remote/default" # every run passes --to
 secret_key_files = ["$B/cache.sk"]
 compression = "$2"
 level = $3
@@ -153,7 +169,7 @@ farm_config "$B/farm-xz.toml" xz 6
 farm_config "$B/farm-zstd-jobs8.toml" zstd 3 8
 nix_zstd="compression=zstd&compression-level=3&secret-key=$B/cache.sk"
 nix_xz="compression=xz&compression-level=6&secret-key=$B/cache.sk"
-lo_url() { echo "sftp://root@127.0.0.1:$port$B/remote/$1"; }
+lo_url() { echo "sftp://$remote_user@127.0.0.1:$port$B/remote/$1"; }
 wan_url() { echo "sftp://bench-wan$B/remote/$1"; }
 
 # ---------------------------------------------------------------- the fleet
@@ -240,7 +256,8 @@ machine() {
 printf '#!/bin/sh\nc=$1; shift\nexec %s --config %s/farm-$c.toml publish --json --to "$@"\n' "$FARMCTL" "$B" >"$B/bin/farm"
 chmod +x "$B/bin/farm"
 farm=$B/bin/farm
-clone() { rm -rf "$2" && cp -al "$1" "$2"; } # hard links: every tool renames new files in
+# Hard links: every tool renames new files in. The cache host's account owns the copy.
+clone() { rm -rf "$2" && cp -al "$1" "$2" && chown -R "$remote_user" "$2"; }
 
 mount_sshfs() { # HOST MOUNTPOINT
   sshfs -F "$B/ssh_config" "$1:$B/remote" "$2"
@@ -251,7 +268,7 @@ if want lo || want incr || want wan; then
   log "== loopback, zstd 3, full: $old_paths paths, $old_bytes bytes of NAR"
   mount_sshfs bench-lo "$B/mnt-lo"
   for r in $(seq "$REPS"); do
-    mkdir -p "$B/remote/ff$r"
+    remote_dir "$B/remote/ff$r"
     sample farm_full_lo "$r" "$farm" zstd "$(lo_url ff$r)" $old
     sample nix_full_local "$r" nix copy --to "file://$B/local/nf$r?$nix_zstd" $old
     sample nix_full_sshfs_lo "$r" nix copy --to "file://$B/mnt-lo/nsf$r?$nix_zstd" $old
@@ -305,7 +322,7 @@ print(" ".join(roots))' "$XZ_SUBSET")
   read -r xz_paths xz_bytes < <(stats -r $xz_roots)
   log "== loopback, xz 6: $xz_paths paths, $xz_bytes bytes of NAR"
   for r in $(seq "$REPS"); do
-    mkdir -p "$B/remote/fx$r"
+    remote_dir "$B/remote/fx$r"
     sample farm_xz_lo "$r" "$farm" xz "$(lo_url fx$r)" $xz_roots
     sample nix_xz_local "$r" nix copy --to "file://$B/local/nx$r?$nix_xz" $xz_roots
     rm -rf "$B/remote/fx$r" "$B/local/nx$r"
@@ -317,7 +334,7 @@ if want wan; then
   log "== ${rtt} ms RTT (relay), full"
   mount_sshfs bench-wan "$B/mnt-wan"
   for r in $(seq "$REPS"); do
-    mkdir -p "$B/remote/fw$r" "$B/remote/fw$r-8"
+    remote_dir "$B/remote/fw$r" "$B/remote/fw$r-8"
     sample farm_full_wan "$r" env PATH="$B/bin:$PATH" "$farm" zstd "$(wan_url fw$r)" $old
     sample farm_full_wan_jobs8 "$r" env PATH="$B/bin:$PATH" "$farm" zstd-jobs8 "$(wan_url fw$r-8)" $old
     rm -rf "$B/remote/fw$r-8"
@@ -349,7 +366,7 @@ fi
 
 if want many; then
   log "== no-op of $many_paths paths on loopback"
-  mkdir -p "$B/remote/many"
+  remote_dir "$B/remote/many"
   sample farm_many_first 1 "$farm" zstd "$(lo_url many)" $many
   for r in $(seq "$REPS"); do
     precise farm_many_noop "$r" "$farm" zstd "$(lo_url many)" $many
@@ -362,7 +379,7 @@ if want rss; then
   read -r big_paths big_bytes < <(stats -r $big)
   log "== peak RSS, one path of $big_bytes bytes of NAR"
   for r in $(seq "$REPS"); do
-    mkdir -p "$B/remote/big$r"
+    remote_dir "$B/remote/big$r"
     sample farm_big_lo "$r" "$farm" zstd "$(lo_url big$r)" $big
     rm -rf "$B/remote/big$r"
   done
