@@ -46,7 +46,6 @@ fsync-metadata = false'
 # Nix's narinfo disk cache and other per-user state stay inside the bench dir.
 export XDG_CACHE_HOME=$B/xdg-cache
 mkdir -p "$XDG_CACHE_HOME" "$B/local" "$B/gcroots" "$B/bin" "$B/mnt-lo" "$B/mnt-wan"
-remote_dir "$B/remote"
 
 # The cache host's account, as in the README (`sftp://farm@cache…`): a dedicated user with a
 # plain /bin/sh. Not root: sshd runs every session through the account's shell, and a root
@@ -61,6 +60,7 @@ fi
 chmod 755 "$B"
 # remote_dir DIR…: a directory of the cache host, owned by its account.
 remote_dir() { mkdir -p "$@" && chown "$remote_user" "$@"; }
+remote_dir "$B/remote"
 
 # ---------------------------------------------------------------- cleanup
 pids=()
