@@ -54,7 +54,8 @@ mkdir -p "$XDG_CACHE_HOME" "$B/local" "$B/gcroots" "$B/bin" "$B/mnt-lo" "$B/mnt-
 remote_user=nixfarm-bench
 made_user=0
 if ! id -u "$remote_user" >/dev/null 2>&1; then
-  useradd --system --no-create-home --home-dir /nonexistent --shell /bin/sh "$remote_user"
+  # '*': no password, but not locked (sshd refuses locked accounts even with a key).
+  useradd --system --no-create-home --home-dir / --shell /bin/sh --password '*' "$remote_user"
   made_user=1
 fi
 chmod 755 "$B"
