@@ -257,7 +257,9 @@ async fn listing_5000_files_takes_one_list_call(fx: Fixture) {
 /// `list_fast` keeps several READDIRs out at once (OpenSSH answers each with up to 100 names,
 /// `.` and `..` included): around every batch boundary it must still return every name once.
 async fn fast_listing_finds_every_name_at_every_batch_boundary(fx: Fixture) {
-    for count in [0, 1, 97, 98, 99, 100, 101, 797, 798, 799, 800, 801, 1599, 1601, 3000] {
+    for count in [
+        0, 1, 97, 98, 99, 100, 101, 797, 798, 799, 800, 801, 1599, 1601, 3000,
+    ] {
         let dir = format!("d{count}");
         std::fs::create_dir(fx.root.join(&dir)).unwrap();
         let mut expected = Vec::new();
@@ -286,7 +288,14 @@ async fn fast_listing_finds_every_name_at_every_batch_boundary(fx: Fixture) {
 /// `read` asks for the size and the first bytes at once; files around the read size and
 /// bigger than it come back whole.
 async fn read_returns_whole_files_of_any_size(fx: Fixture) {
-    for size in [0usize, 1, 255 * 1024 - 1, 255 * 1024, 255 * 1024 + 1, 3 << 20] {
+    for size in [
+        0usize,
+        1,
+        255 * 1024 - 1,
+        255 * 1024,
+        255 * 1024 + 1,
+        3 << 20,
+    ] {
         let data: Vec<u8> = (0..size).map(|i| (i * 7 + i / 251) as u8).collect();
         let name = format!("f{size}");
         std::fs::write(fx.root.join(&name), &data).unwrap();

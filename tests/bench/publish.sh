@@ -70,7 +70,11 @@ cleanup() {
   set +e
   for m in "${mounts[@]}"; do fusermount3 -u "$m" 2>/dev/null || fusermount3 -uz "$m"; done
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
-  if ((made_user)) && [[ ${KEEP:-0} != 1 ]]; then userdel "$remote_user"; fi
+  if ((made_user)) && [[ ${KEEP:-0} != 1 ]]; then
+    # The sessions of the sshd stopped above end on their own; userdel refuses until then.
+    for _ in $(seq 100); do pgrep -u "$remote_user" >/dev/null || break; sleep 0.1; done
+    userdel "$remote_user"
+  fi
   if [[ ${KEEP:-0} != 1 ]]; then
     rm -rf "$B/gcroots"
     if [[ -s $B/generated-paths ]]; then
