@@ -369,3 +369,59 @@ fn pins_and_another_farms_generations_are_kept_and_a_dry_run_matches_the_real_gc
     substitute_all(&bed, &nginx, &clients.path().join("theirs"), &theirs);
     assert_eq!(closure_problems(&bed.cache), Vec::<String>::new());
 }
+
+/// `farmctl publish --pin NAME`: a closure published by hand (no machine's generation) is kept
+/// by GC, one published without it is collected, and the human output says why. `--pin` with
+/// several store paths, or a bad name, is refused before anything is uploaded.
+#[test]
+fn publish_pin_keeps_a_hand_published_closure_through_gc() {
+    let mut bed = CacheBed::new();
+    retention(&mut bed.farm, 1);
+    let nginx = Nginx::serve(&bed.cache);
+    let clients = tempfile::tempdir().unwrap();
+    night(&bed);
+    let kept = bed.random_chain(2, 1);
+    let dropped = bed.random_chain(2, 2);
+    let fresh = bed.random_chain(1, 3);
+
+    let summary = bed.publish_ok(&[kept.clone(), "--pin".into(), "hotfix".into()]);
+    assert_eq!(summary["pin"]["name"], "hotfix", "{summary:#}");
+    assert_eq!(summary["pin"]["path"], kept.as_str(), "{summary:#}");
+    assert_eq!(summary["uploaded_paths"], 2, "{summary:#}");
+
+    let out = bed.farm.farmctl(&bed.fleet, ["publish", dropped.as_str()]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("farmctl cache pin PATH --name NAME"),
+        "no advice to pin: {}",
+        stderr_of(&out)
+    );
+
+    for (args, why) in [
+        (
+            vec!["--pin", "two", kept.as_str(), fresh.as_str()],
+            "gave 2 store paths",
+        ),
+        (vec!["--pin", "../x", fresh.as_str()], "../x"),
+    ] {
+        let out = bed
+            .farm
+            .farmctl(&bed.fleet, ["publish"].into_iter().chain(args.clone()));
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(
+            stderr_of(&out).contains(why),
+            "{args:?}: {}",
+            stderr_of(&out)
+        );
+        assert!(!has_narinfo(&bed.cache, &fresh), "{args:?} uploaded");
+    }
+
+    std::thread::sleep(Duration::from_millis(1100)); // past the 1 s grace
+    let (_, report) = farmctl_gc(&bed, &[]);
+    let deleted = report["deleted"].as_array().unwrap();
+    assert!(deleted.iter().any(|p| p == dropped.as_str()), "{report:#}");
+    assert!(!has_narinfo(&bed.cache, &dropped));
+    assert!(has_narinfo(&bed.cache, &kept));
+    assert_eq!(closure_problems(&bed.cache), Vec::<String>::new());
+    substitute_all(&bed, &nginx, &clients.path().join("pinned"), &[kept]);
+}

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use nixfarm::cache::generations::PinName;
 use nixfarm::cli;
 use nixfarm::cli::report::{self, exit};
 use nixfarm::cli::status::ProgressPrinter;
@@ -74,6 +75,10 @@ enum Command {
         /// The cache URL (default: `[cache] url` of the config).
         #[arg(long, value_name = "URL")]
         to: Option<String>,
+        /// Also pin the closure as NAME (as `farmctl cache pin`), so that cache GC keeps it:
+        /// GC's roots are the machines' recorded generations and the pins, nothing else.
+        #[arg(long, value_name = "NAME")]
+        pin: Option<String>,
         /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
@@ -279,20 +284,46 @@ async fn run(args: Args) -> anyhow::Result<i32> {
             print!("{}", nixfarm::cli::check_config::render(&settings));
             return Ok(exit::OK);
         }
-        Command::Publish { paths, to, json } => {
+        Command::Publish {
+            paths,
+            to,
+            pin,
+            json,
+        } => {
             let settings = config::load(&args.config)?;
+            let pin: Option<PinName> = pin.as_deref().map(str::parse).transpose()?;
             let cancel = cancel_on_ctrl_c();
-            let summary = cli::cache::publish(&settings, paths, to.as_deref(), &cancel).await?;
+            let summary =
+                cli::cache::publish(&settings, paths, to.as_deref(), pin.as_ref(), &cancel).await?;
+            let complete = summary.is_complete();
+            let pinned = match (pin, summary.roots.as_slice()) {
+                (Some(name), [root]) if complete => Some(
+                    cli::gc::pin_path(&settings, to.as_deref(), root.root.clone(), name)
+                        .await
+                        .context("published, but not pinned")?,
+                ),
+                _ => None,
+            };
             if *json {
-                print_json(&summary)?;
+                let mut value = serde_json::to_value(&summary)?;
+                value["pin"] = serde_json::to_value(&pinned)?;
+                print_json(&value)?;
             } else {
                 print!("{summary}");
+                match &pinned {
+                    Some(pin) => println!(
+                        "pinned {} as `{}`: cache GC keeps its closure until `farmctl cache unpin {}`",
+                        pin.path, pin.name, pin.name
+                    ),
+                    None if complete => eprintln!(
+                        "note: cache GC keeps only the machines' recorded generations and pins; \
+                         to keep a closure published by hand, pin it: \
+                         farmctl cache pin PATH --name NAME (or publish with --pin NAME)"
+                    ),
+                    None => {}
+                }
             }
-            return Ok(if summary.is_complete() {
-                exit::OK
-            } else {
-                exit::FAILED
-            });
+            return Ok(if complete { exit::OK } else { exit::FAILED });
         }
         Command::Keygen {
             name,

@@ -13,6 +13,7 @@ use anyhow::{bail, Context};
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::backend::{self, CacheUrl, SshOptions};
+use crate::cache::generations::PinName;
 use crate::cache::publish::{self, bytes, Progress, PublishSummary};
 use crate::cache::verify::{self as cache_verify, Report};
 use crate::cache::{generate_keypair, PublicKey};
@@ -41,11 +42,15 @@ pub(crate) fn cache_settings(
     Ok(cache)
 }
 
-/// `farmctl publish INSTALLABLE|STORE_PATH… [--to URL]`.
+/// `farmctl publish INSTALLABLE|STORE_PATH… [--to URL] [--pin NAME]`.
+///
+/// With `pin`, the installables must give exactly one store path (checked before anything is
+/// uploaded); the caller pins it once the publish is complete.
 pub async fn publish(
     settings: &Settings,
     args: &[String],
     to: Option<&str>,
+    pin: Option<&PinName>,
     cancel: &CancellationToken,
 ) -> anyhow::Result<PublishSummary> {
     let cache = cache_settings(settings, to)?;
@@ -77,6 +82,19 @@ pub async fn publish(
     }
     roots.sort();
     roots.dedup();
+    if let (Some(name), [_, _, ..]) = (pin, roots.as_slice()) {
+        bail!(
+            "`--pin {name}` keeps one closure, but `{}` gave {} store paths:\n  {}\n\
+             publish them without --pin, then pin each: farmctl cache pin PATH --name NAME",
+            args.join(" "),
+            roots.len(),
+            roots
+                .iter()
+                .map(|r| r.as_str())
+                .collect::<Vec<_>>()
+                .join("\n  ")
+        );
+    }
 
     // Not while this farm's GC runs. Best effort: whoever may publish may not own the state dir.
     let _lock = match crate::cache::gc::CacheLock::acquire(&settings.state.dir).await {

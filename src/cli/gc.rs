@@ -11,6 +11,7 @@ use crate::cache::generations::{self, Pin, PinName};
 use crate::cache::narinfo_file_name;
 use crate::cache::publish::{self, as_store_path};
 use crate::config::Settings;
+use crate::types::StorePath;
 
 /// `farmctl cache gc [--dry-run] [--to URL]`.
 pub async fn gc(
@@ -31,10 +32,20 @@ pub async fn pin(
     path: &str,
     name: &str,
 ) -> anyhow::Result<Pin> {
-    let cache = cache_settings(settings, to)?;
     let name: PinName = name.parse()?;
     let path = as_store_path(path)
         .with_context(|| format!("`{path}` is not a store path (/nix/store/…)"))?;
+    pin_path(settings, to, path, name).await
+}
+
+/// Pins `path` (already in the cache) as `name`; also `farmctl publish --pin NAME`.
+pub async fn pin_path(
+    settings: &Settings,
+    to: Option<&str>,
+    path: StorePath,
+    name: PinName,
+) -> anyhow::Result<Pin> {
+    let cache = cache_settings(settings, to)?;
     let settings = publish::Settings::load(&cache)?;
     let backend = backend::connect(&settings.url, &settings.ssh)
         .await
