@@ -425,3 +425,94 @@ fn publish_pin_keeps_a_hand_published_closure_through_gc() {
     assert_eq!(closure_problems(&bed.cache), Vec::<String>::new());
     substitute_all(&bed, &nginx, &clients.path().join("pinned"), &[kept]);
 }
+
+/// `farmctl cache forget MACHINE`: a machine that left the fleet keeps its last generations
+/// forever otherwise. Refused while the latest run still built it; a dry run removes nothing;
+/// then only this farm's records go, GC collects the closure, and another farm's record of a
+/// machine of that name keeps what it protects.
+#[test]
+fn forget_lets_gc_collect_a_machine_that_left_the_fleet() {
+    let mut bed = CacheBed::new();
+    retention(&mut bed.farm, 1);
+    let nginx = Nginx::serve(&bed.cache);
+    let clients = tempfile::tempdir().unwrap();
+    let first = toplevels(&night(&bed), &bed.fleet);
+    let beta = first["beta"].clone();
+    let forget = |args: &[&str]| {
+        bed.farm
+            .farmctl(&bed.fleet, ["cache", "forget"].iter().chain(args).copied())
+    };
+
+    let out = forget(&["beta"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr_of(&out).contains("`beta` is still in the fleet"),
+        "{}",
+        stderr_of(&out)
+    );
+
+    // Another farm sharing the cache has a machine called beta too.
+    let theirs = bed.random_chain(1, 1);
+    bed.publish_ok(std::slice::from_ref(&theirs));
+    let key = SigningKey::load(&bed.secret_key).unwrap();
+    write_generation(
+        &bed.cache,
+        &key,
+        "otherfarm",
+        "beta",
+        &theirs.parse().unwrap(),
+        0,
+    );
+
+    bed.fleet.remove_machine("beta");
+    let last = night(&bed);
+    assert!(!toplevels(&last, &bed.fleet).contains_key("beta"));
+    std::thread::sleep(Duration::from_millis(1100)); // past the 1 s grace
+    let (_, report) = farmctl_gc(&bed, &[]);
+    assert!(
+        has_narinfo(&bed.cache, &beta),
+        "kept by its record: {report:#}"
+    );
+
+    let records = || {
+        let mut names: Vec<String> = std::fs::read_dir(bed.cache.join("farmd/machines/beta"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let before = records();
+    assert_eq!(before.len(), 3, "ours, latest.json, theirs: {before:?}");
+    let out = forget(&["beta", "--dry-run", "--json"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let dry: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(dry["records"].as_array().unwrap().len(), 2, "{dry:#}");
+    assert_eq!(dry["other_farms_records"], 1, "{dry:#}");
+    assert_eq!(records(), before, "a dry run removed something");
+
+    let out = forget(&["beta"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(stdout_of(&out).contains("removed 2 generation record(s) of `beta`"));
+    let left = records();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].contains("-otherfarm-"), "{left:?}");
+
+    let (_, report) = farmctl_gc(&bed, &[]);
+    let deleted = report["deleted"].as_array().unwrap();
+    assert!(deleted.iter().any(|p| p == beta.as_str()), "{report:#}");
+    assert!(!has_narinfo(&bed.cache, &beta));
+    assert_eq!(closure_problems(&bed.cache), Vec::<String>::new());
+    let mut keep = vec![theirs];
+    keep.extend(toplevels(&last, &bed.fleet).into_values());
+    substitute_all(&bed, &nginx, &clients.path().join("kept"), &keep);
+
+    let out = forget(&["beta"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr_of(&out).contains("no generation record of `beta` written by this farm")
+            && stderr_of(&out).contains("1 record(s) of it are other farms'"),
+        "{}",
+        stderr_of(&out)
+    );
+}

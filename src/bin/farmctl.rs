@@ -162,6 +162,21 @@ enum CacheCommand {
         #[arg(long, value_name = "URL")]
         to: Option<String>,
     },
+    /// Remove this farm's generation records of a machine that left the fleet, so that cache
+    /// GC may collect its closures (its last generations are kept forever otherwise).
+    Forget {
+        machine: String,
+        /// Only say which records would go.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also for a machine the latest run still built (drops its rollback generations).
+        #[arg(long)]
+        force: bool,
+        #[arg(long, value_name = "URL")]
+        to: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() {
@@ -393,6 +408,26 @@ async fn run(args: Args) -> anyhow::Result<i32> {
             let settings = config::load(&args.config)?;
             let pin = cli::gc::pin(&settings, to.as_deref(), store_path, name).await?;
             println!("pinned {} as `{}`", pin.path, pin.name);
+            return Ok(exit::OK);
+        }
+        Command::Cache {
+            command:
+                CacheCommand::Forget {
+                    machine,
+                    dry_run,
+                    force,
+                    to,
+                    json,
+                },
+        } => {
+            let settings = config::load(&args.config)?;
+            let forgotten =
+                cli::gc::forget(&settings, to.as_deref(), machine, *dry_run, *force).await?;
+            if *json {
+                print_json(&forgotten)?;
+            } else {
+                print!("{forgotten}");
+            }
             return Ok(exit::OK);
         }
         Command::Cache {

@@ -11,7 +11,8 @@ use crate::cache::generations::{self, Pin, PinName};
 use crate::cache::narinfo_file_name;
 use crate::cache::publish::{self, as_store_path};
 use crate::config::Settings;
-use crate::types::StorePath;
+use crate::history::History;
+use crate::types::{MachineName, StorePath};
 
 /// `farmctl cache gc [--dry-run] [--to URL]`.
 pub async fn gc(
@@ -74,4 +75,153 @@ pub async fn unpin(settings: &Settings, to: Option<&str>, name: &str) -> anyhow:
         .await
         .with_context(|| format!("cannot open the binary cache `{}`", settings.url))?;
     Ok(generations::remove_pin(&backend, &name).await?)
+}
+
+/// What `farmctl cache forget MACHINE` removed (or, with `--dry-run`, would remove).
+#[derive(Debug, serde::Serialize)]
+pub struct Forgotten {
+    pub machine: MachineName,
+    /// This farm's record files of the machine (`latest.json` included when it is this farm's).
+    pub records: Vec<String>,
+    /// Records of the machine that other farms sharing the cache wrote: left alone.
+    pub other_farms_records: usize,
+    pub dry_run: bool,
+}
+
+impl std::fmt::Display for Forgotten {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let verb = if self.dry_run {
+            "would remove"
+        } else {
+            "removed"
+        };
+        writeln!(
+            f,
+            "{verb} {} generation record(s) of `{}`:",
+            self.records.len(),
+            self.machine
+        )?;
+        for r in &self.records {
+            writeln!(f, "  {r}")?;
+        }
+        if self.other_farms_records > 0 {
+            writeln!(
+                f,
+                "kept {} record(s) of `{}` that other farms wrote",
+                self.other_farms_records, self.machine
+            )?;
+        }
+        if !self.dry_run {
+            writeln!(
+                f,
+                "its closures are garbage from now on: the next `farmctl cache gc` (or run) \
+                 deletes what nothing else keeps"
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// `farmctl cache forget MACHINE [--dry-run] [--force] [--to URL]`: removes this farm's
+/// generation records of a machine that left the fleet, so that GC may collect its closures
+/// (otherwise its last `keep_generations` stay forever). Other farms' records of a machine of
+/// that name are theirs and stay. Refused, unless `force`, for a machine this farm's latest
+/// run still built: its records are its rollback targets.
+pub async fn forget(
+    settings: &Settings,
+    to: Option<&str>,
+    machine: &str,
+    dry_run: bool,
+    force: bool,
+) -> anyhow::Result<Forgotten> {
+    let machine: MachineName = machine
+        .parse()
+        .with_context(|| format!("`{machine}` is not a machine name"))?;
+    if !force {
+        still_in_fleet(settings, &machine)?;
+    }
+    let cache = cache_settings(settings, to)?;
+    let psettings = publish::Settings::load(&cache)?;
+    let backend = backend::connect(&psettings.url, &psettings.ssh)
+        .await
+        .with_context(|| format!("cannot open the binary cache `{}`", psettings.url))?;
+    // Not while this farm's GC or a run's publish holds the cache.
+    let _lock = if dry_run {
+        None
+    } else {
+        Some(gc::CacheLock::acquire(&settings.state.dir).await?)
+    };
+    let farm = generations::farm_id(&settings.state.dir);
+    let dir = format!("{}/{machine}", generations::MACHINES_DIR);
+    let entries = generations::list_if_exists(&backend, &dir).await?;
+    let mut forgotten = Forgotten {
+        machine: machine.clone(),
+        records: Vec::new(),
+        other_farms_records: 0,
+        dry_run,
+    };
+    for entry in entries {
+        if entry.is_dir || !entry.name.ends_with(".json") || backend::is_temp_name(&entry.name) {
+            continue;
+        }
+        let file = format!("{dir}/{}", entry.name);
+        let Some(bytes) = backend.read(&file).await? else {
+            continue; // removed meanwhile
+        };
+        let record: generations::Generation =
+            serde_json::from_slice(&bytes).with_context(|| {
+                format!("`{file}` on the cache is not a generation record; fix or remove it first")
+            })?;
+        if record.farm == farm {
+            forgotten.records.push(file);
+        } else {
+            forgotten.other_farms_records += 1;
+        }
+    }
+    if forgotten.records.is_empty() {
+        bail!(
+            "the cache `{}` holds no generation record of `{machine}` written by this farm \
+             ({farm}, state directory `{}`){}",
+            psettings.url,
+            settings.state.dir.display(),
+            if forgotten.other_farms_records > 0 {
+                format!(
+                    "; {} record(s) of it are other farms': forget it on the farm that built it",
+                    forgotten.other_farms_records
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
+    // `latest.json` last: until then the machine still has a newest generation on record.
+    forgotten
+        .records
+        .sort_by_key(|f| f.ends_with(generations::LATEST));
+    if !dry_run {
+        for file in &forgotten.records {
+            backend.remove(file).await?;
+        }
+    }
+    Ok(forgotten)
+}
+
+/// Refuses to forget a machine the farm's latest run (in its local history) still built.
+fn still_in_fleet(settings: &Settings, machine: &MachineName) -> anyhow::Result<()> {
+    let Ok(history) = History::open(&settings.state.dir) else {
+        return Ok(()); // no history here (farmctl on another host): nothing to check against
+    };
+    let runs = history.list(20)?;
+    let Some(run) = runs.iter().find(|r| !r.machines.is_empty()) else {
+        return Ok(());
+    };
+    if run.machines.iter().any(|m| &m.name == machine) {
+        bail!(
+            "`{machine}` is still in the fleet: run {} built it. Its generation records are \
+             its rollback targets; remove it from the fleet first (the next run no longer builds \
+             it), or pass --force to drop them anyway",
+            run.id
+        );
+    }
+    Ok(())
 }

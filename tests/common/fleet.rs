@@ -315,6 +315,13 @@ impl Fleet {
         self.push_knobs(&k, &format!("test: add machine {machine}"));
     }
 
+    /// Commits and pushes the fleet without `machine` (it was decommissioned).
+    pub fn remove_machine(&self, machine: &str) {
+        let mut k = self.knobs.lock().unwrap();
+        k.machines.retain(|m| m != machine);
+        self.push_knobs(&k, &format!("test: remove machine {machine}"));
+    }
+
     /// The commit `refs/heads/<branch>` of the remote points to.
     pub fn remote_head(&self, branch: &str) -> String {
         let remote = self.remote_path();
