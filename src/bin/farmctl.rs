@@ -308,34 +308,36 @@ async fn run(args: Args) -> anyhow::Result<i32> {
             let settings = config::load(&args.config)?;
             let pin: Option<PinName> = pin.as_deref().map(str::parse).transpose()?;
             let cancel = cancel_on_ctrl_c();
-            let summary =
+            let published =
                 cli::cache::publish(&settings, paths, to.as_deref(), pin.as_ref(), &cancel).await?;
-            let complete = summary.is_complete();
-            let pinned = match (pin, summary.roots.as_slice()) {
-                (Some(name), [root]) if complete => Some(
-                    cli::gc::pin_path(&settings, to.as_deref(), root.root.clone(), name)
-                        .await
-                        .context("published, but not pinned")?,
-                ),
-                _ => None,
+            let summary = &published.summary;
+            let (pinned, pin_error) = match &published.pin {
+                Some(Ok(pin)) => (Some(pin), None),
+                Some(Err(e)) => (None, Some(format!("{e:#}"))),
+                None => (None, None),
             };
+            let complete = summary.is_complete() && pin_error.is_none();
             if *json {
-                let mut value = serde_json::to_value(&summary)?;
-                value["pin"] = serde_json::to_value(&pinned)?;
+                let mut value = serde_json::to_value(summary)?;
+                value["pin"] = serde_json::to_value(pinned)?;
+                if let Some(e) = &pin_error {
+                    value["pin_error"] = e.as_str().into();
+                }
                 print_json(&value)?;
             } else {
                 print!("{summary}");
-                match &pinned {
-                    Some(pin) => println!(
+                match (pinned, &pin_error) {
+                    (Some(pin), _) => println!(
                         "pinned {} as `{}`: cache GC keeps its closure until `farmctl cache unpin {}`",
                         pin.path, pin.name, pin.name
                     ),
-                    None if complete => eprintln!(
+                    (None, Some(e)) => eprintln!("error: {e}"),
+                    (None, None) if summary.is_complete() => eprintln!(
                         "note: cache GC keeps only the machines' recorded generations and pins; \
                          to keep a closure published by hand, pin it: \
                          farmctl cache pin PATH --name NAME (or publish with --pin NAME)"
                     ),
-                    None => {}
+                    (None, None) => {}
                 }
             }
             return Ok(if complete { exit::OK } else { exit::FAILED });
@@ -421,8 +423,10 @@ async fn run(args: Args) -> anyhow::Result<i32> {
                 },
         } => {
             let settings = config::load(&args.config)?;
+            let cancel = cancel_on_ctrl_c();
             let forgotten =
-                cli::gc::forget(&settings, to.as_deref(), machine, *dry_run, *force).await?;
+                cli::gc::forget(&settings, to.as_deref(), machine, *dry_run, *force, &cancel)
+                    .await?;
             if *json {
                 print_json(&forgotten)?;
             } else {

@@ -9,11 +9,11 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::backend::{self, CacheUrl, SshOptions};
-use crate::cache::generations::PinName;
+use crate::cache::generations::{Pin, PinName};
 use crate::cache::publish::{self, bytes, Progress, PublishSummary};
 use crate::cache::verify::{self as cache_verify, Report};
 use crate::cache::{generate_keypair, PublicKey};
@@ -45,14 +45,14 @@ pub(crate) fn cache_settings(
 /// `farmctl publish INSTALLABLE|STORE_PATH… [--to URL] [--pin NAME]`.
 ///
 /// With `pin`, the installables must give exactly one store path (checked before anything is
-/// uploaded); the caller pins it once the publish is complete.
+/// uploaded), pinned once the publish is complete.
 pub async fn publish(
     settings: &Settings,
     args: &[String],
     to: Option<&str>,
     pin: Option<&PinName>,
     cancel: &CancellationToken,
-) -> anyhow::Result<PublishSummary> {
+) -> anyhow::Result<Published> {
     let cache = cache_settings(settings, to)?;
     // Fail on a bad key before building anything.
     publish::load_keys(&cache.secret_key_files)?;
@@ -107,7 +107,27 @@ pub async fn publish(
     let line = ProgressLine::new(std::io::stderr().is_terminal());
     let summary = publish::publish(&cache, &nix, &roots, &[], cancel, &|p| line.show(p)).await;
     line.clear();
-    summary
+    let summary = summary?;
+    // Pinned under the same lock: this farm's GC cannot collect the closure in between.
+    let pin = match (pin, roots.as_slice()) {
+        (Some(_), _) if !summary.is_complete() => {
+            Some(Err(anyhow!("not pinned: the publish did not complete")))
+        }
+        (Some(name), [root]) => Some(
+            super::gc::pin_path(settings, to, root.clone(), name.clone())
+                .await
+                .context("published, but not pinned"),
+        ),
+        _ => None,
+    };
+    Ok(Published { summary, pin })
+}
+
+/// What `farmctl publish` did.
+pub struct Published {
+    pub summary: PublishSummary,
+    /// With `--pin`: the pin written, or why there is none.
+    pub pin: Option<anyhow::Result<Pin>>,
 }
 
 /// A live `paths done/total, bytes, rate` line on a terminal; nothing otherwise.

@@ -10,8 +10,11 @@ use crate::cache::gc::{self, GcReport};
 use crate::cache::generations::{self, Pin, PinName};
 use crate::cache::narinfo_file_name;
 use crate::cache::publish::{self, as_store_path};
+use crate::config::MachineSelection;
 use crate::config::Settings;
-use crate::history::History;
+use crate::nix::NixOptions;
+use crate::run::evaluate::discover;
+use crate::run::state::StateLayout;
 use crate::types::{MachineName, StorePath};
 
 /// `farmctl cache gc [--dry-run] [--to URL]`.
@@ -114,8 +117,8 @@ impl std::fmt::Display for Forgotten {
         if !self.dry_run {
             writeln!(
                 f,
-                "its closures are garbage from now on: the next `farmctl cache gc` (or run) \
-                 deletes what nothing else keeps"
+                "the next `farmctl cache gc` (or run's GC) deletes what no other generation \
+                 or pin keeps (and nothing while the cache has no roots at all)"
             )?;
         }
         Ok(())
@@ -125,20 +128,21 @@ impl std::fmt::Display for Forgotten {
 /// `farmctl cache forget MACHINE [--dry-run] [--force] [--to URL]`: removes this farm's
 /// generation records of a machine that left the fleet, so that GC may collect its closures
 /// (otherwise its last `keep_generations` stay forever). Other farms' records of a machine of
-/// that name are theirs and stay. Refused, unless `force`, for a machine this farm's latest
-/// run still built: its records are its rollback targets.
+/// that name are theirs and stay. Refused, unless `force`, for a machine still in the fleet:
+/// its records are its rollback targets.
 pub async fn forget(
     settings: &Settings,
     to: Option<&str>,
     machine: &str,
     dry_run: bool,
     force: bool,
+    cancel: &CancellationToken,
 ) -> anyhow::Result<Forgotten> {
     let machine: MachineName = machine
         .parse()
         .with_context(|| format!("`{machine}` is not a machine name"))?;
     if !force {
-        still_in_fleet(settings, &machine)?;
+        still_in_fleet(settings, &machine, cancel).await?;
     }
     let cache = cache_settings(settings, to)?;
     let psettings = publish::Settings::load(&cache)?;
@@ -206,21 +210,47 @@ pub async fn forget(
     Ok(forgotten)
 }
 
-/// Refuses to forget a machine the farm's latest run (in its local history) still built.
-fn still_in_fleet(settings: &Settings, machine: &MachineName) -> anyhow::Result<()> {
-    let Ok(history) = History::open(&settings.state.dir) else {
-        return Ok(()); // no history here (farmctl on another host): nothing to check against
+/// Refuses to forget a machine that is still in the fleet: in the config's `[build]
+/// machines` list, or (discovery) in the flake of the farm's checkout, i.e. as of its last run.
+async fn still_in_fleet(
+    settings: &Settings,
+    machine: &MachineName,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
+    let (fleet, source) = match &settings.build.machines {
+        MachineSelection::List(list) => (
+            list.iter().map(|m| m.name.clone()).collect::<Vec<_>>(),
+            "the config's `[build] machines`".to_owned(),
+        ),
+        MachineSelection::Auto(_) => {
+            let checkout = StateLayout::new(&settings.state.dir).checkout();
+            if !checkout.join("flake.nix").exists() {
+                return Ok(()); // no run on this host yet: there is no fleet to compare with
+            }
+            let nix = NixOptions::from_settings(&settings.build);
+            let found = discover(settings, &nix, &checkout.to_string_lossy(), cancel)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot list the machines of the fleet in the farm's checkout `{}` to \
+                         check that `{machine}` left it; pass --force to forget it anyway",
+                        checkout.display()
+                    )
+                })?;
+            (
+                found.machines.into_iter().map(|m| m.name).collect(),
+                format!(
+                    "the fleet's flake as of the farm's last run (`{}`)",
+                    checkout.display()
+                ),
+            )
+        }
     };
-    let runs = history.list(20)?;
-    let Some(run) = runs.iter().find(|r| !r.machines.is_empty()) else {
-        return Ok(());
-    };
-    if run.machines.iter().any(|m| &m.name == machine) {
+    if fleet.contains(machine) {
         bail!(
-            "`{machine}` is still in the fleet: run {} built it. Its generation records are \
-             its rollback targets; remove it from the fleet first (the next run no longer builds \
-             it), or pass --force to drop them anyway",
-            run.id
+            "`{machine}` is still in the fleet ({source}); its generation records are its \
+             rollback targets. Remove it from the fleet and let a run pick that up, or pass \
+             --force to drop them anyway"
         );
     }
     Ok(())
