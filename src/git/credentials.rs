@@ -146,7 +146,7 @@ impl<'a> Credentials<'a> {
     fn git(&self, source: git2::Error) -> GitError {
         GitError::Git {
             context: format!("cannot prepare credentials for `{}`", self.url),
-            source,
+            cause: source,
         }
     }
 }
@@ -155,7 +155,7 @@ fn read_secret(path: &Path, what: &'static str) -> Result<String, GitError> {
     std::fs::read_to_string(path).map_err(|source| GitError::SecretFile {
         what,
         path: path.to_path_buf(),
-        source,
+        cause: source,
     })
 }
 

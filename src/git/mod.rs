@@ -88,12 +88,20 @@ pub enum GitError {
         method: String,
         hint: String,
     },
+    /// TLS to an https:// remote failed, most often over a certificate nobody here trusts.
+    #[error(
+        "TLS to `{url}` failed: {detail}; if the server's certificate is self-signed or from a \
+         private CA, add that CA to the system's trust store (NixOS: \
+         `security.pki.certificateFiles`; Debian: copy it to /usr/local/share/ca-certificates/ \
+         and run update-ca-certificates), or set SSL_CERT_FILE to it in farmd's environment"
+    )]
+    Tls { url: String, detail: String },
     /// A key, passphrase or token file could not be read. Never carries the file's content.
-    #[error("cannot read {what} `{}`: {source}", .path.display())]
+    #[error("cannot read {what} `{}`: {cause}", .path.display())]
     SecretFile {
         what: &'static str,
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The configured branch does not exist on the remote.
     #[error(
@@ -101,19 +109,16 @@ pub enum GitError {
     )]
     BranchNotFound { url: String, branch: String },
     /// The local checkout is unusable ([`sync`] removes it and clones again).
-    #[error("the checkout `{}` is broken: {source}", .dir.display())]
-    Corrupt { dir: PathBuf, source: git2::Error },
+    #[error("the checkout `{}` is broken: {cause}", .dir.display())]
+    Corrupt { dir: PathBuf, cause: git2::Error },
     /// Any other git failure, with what we were doing.
-    #[error("{context}: {source}")]
-    Git {
-        context: String,
-        source: git2::Error,
-    },
+    #[error("{context}: {cause}")]
+    Git { context: String, cause: git2::Error },
     /// A filesystem failure in the checkout, with what we were doing.
-    #[error("{context}: {source}")]
+    #[error("{context}: {cause}")]
     Io {
         context: String,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -182,6 +187,21 @@ mod tests {
             "ssh://git@host:2222/x.git"
         );
         assert_eq!(redact_url("git@host:x.git"), "git@host:x.git");
+    }
+
+    /// The cause is part of the message, not also an error source: with anyhow's `{:#}` (how
+    /// run errors are shown) a source would be printed a second time.
+    #[test]
+    fn a_git_failure_is_told_once_in_an_error_chain() {
+        let e = anyhow::Error::from(GitError::Git {
+            context: "cannot clone `x`".into(),
+            cause: git2::Error::from_str("boom"),
+        })
+        .context("cannot check out branch `main`");
+        assert_eq!(
+            format!("{e:#}"),
+            "cannot check out branch `main`: cannot clone `x`: boom"
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@ pub fn push(repo: &RepoSettings, dir: &Path) -> Result<PushOutcome, GitError> {
     let session = Session::new(repo);
     let corrupt = |source| GitError::Corrupt {
         dir: dir.to_path_buf(),
-        source,
+        cause: source,
     };
     let git = Repository::open(dir).map_err(corrupt)?;
     let local = git

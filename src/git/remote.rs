@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use base64::engine::general_purpose::STANDARD_NO_PAD;
 use base64::Engine;
 use git2::cert::Cert;
-use git2::{CertificateCheckStatus, ErrorClass, RemoteCallbacks};
+use git2::{CertificateCheckStatus, ErrorClass, ErrorCode, RemoteCallbacks};
 
 use super::credentials::Credentials;
 use super::known_hosts::{blob_key_type, KnownHosts, Verdict};
@@ -148,9 +148,15 @@ impl<'a> Session<'a> {
                 ),
             };
         }
+        if source.class() == ErrorClass::Ssl || source.code() == ErrorCode::Certificate {
+            return GitError::Tls {
+                url: self.url.clone(),
+                detail: source.message().to_owned(),
+            };
+        }
         GitError::Git {
             context: context(),
-            source,
+            cause: source,
         }
     }
 
@@ -176,7 +182,7 @@ impl<'a> Session<'a> {
         };
         let other = |what: &str| GitError::Git {
             context: format!("cannot verify the SSH host key of `{}`", self.url),
-            source: git2::Error::from_str(what),
+            cause: git2::Error::from_str(what),
         };
         // libgit2 passes the host without the port, so the port comes from our own reading of
         // the URL; refuse rather than guess if the two disagree.
@@ -198,7 +204,7 @@ impl<'a> Session<'a> {
         let files = self.known_hosts_files();
         let known = KnownHosts::load(&files).map_err(|source| GitError::Io {
             context: format!("cannot read known_hosts files {}", file_list(&files)),
-            source,
+            cause: source,
         })?;
         let SshTarget { host, port } = target;
         match known.check(&host, port, key) {

@@ -32,7 +32,7 @@ pub fn sync(repo: &RepoSettings, dir: &Path) -> Result<Checkout, GitError> {
     let session = Session::new(repo);
     if std::fs::symlink_metadata(dir).is_ok() {
         match update(repo, &session, dir) {
-            Err(GitError::Corrupt { source, .. }) => {
+            Err(GitError::Corrupt { cause: source, .. }) => {
                 tracing::warn!(
                     dir = %dir.display(),
                     "the checkout is broken ({}); removing it and cloning again",
@@ -50,7 +50,7 @@ pub fn sync(repo: &RepoSettings, dir: &Path) -> Result<Checkout, GitError> {
 pub fn head(dir: &Path) -> Result<String, GitError> {
     let corrupt = |source| GitError::Corrupt {
         dir: dir.to_path_buf(),
-        source,
+        cause: source,
     };
     let git = Repository::open(dir).map_err(corrupt)?;
     let commit = git
@@ -63,7 +63,7 @@ pub fn head(dir: &Path) -> Result<String, GitError> {
 fn update(repo: &RepoSettings, session: &Session<'_>, dir: &Path) -> Result<Checkout, GitError> {
     let corrupt = |source| GitError::Corrupt {
         dir: dir.to_path_buf(),
-        source,
+        cause: source,
     };
     let git = Repository::open(dir).map_err(corrupt)?;
     if git.is_bare() {
@@ -165,7 +165,7 @@ fn is_local_damage(e: &git2::Error) -> bool {
 fn check_out(git: &Repository, dir: &Path, branch: &str, oid: Oid) -> Result<(), GitError> {
     let corrupt = |source| GitError::Corrupt {
         dir: dir.to_path_buf(),
-        source,
+        cause: source,
     };
     let commit = git.find_commit(oid).map_err(corrupt)?;
     let tree = commit.tree().map_err(corrupt)?;
@@ -174,7 +174,7 @@ fn check_out(git: &Repository, dir: &Path, branch: &str, oid: Oid) -> Result<(),
     let keep = tracked_paths(&tree).map_err(corrupt)?;
     clean(dir, Path::new(""), &keep).map_err(|source| GitError::Io {
         context: format!("cannot remove untracked files in `{}`", dir.display()),
-        source,
+        cause: source,
     })?;
     let branch_ref = format!("refs/heads/{branch}");
     git.reference(&branch_ref, oid, true, "farmd: sync to origin")
@@ -247,7 +247,7 @@ fn clone(repo: &RepoSettings, session: &Session<'_>, dir: &Path) -> Result<Check
     if let Some(parent) = dir.parent() {
         std::fs::create_dir_all(parent).map_err(|source| GitError::Io {
             context: format!("cannot create `{}`", parent.display()),
-            source,
+            cause: source,
         })?;
     }
     tracing::info!(url = %session.url, branch = %repo.branch, dir = %dir.display(), "cloning");
@@ -274,7 +274,7 @@ fn clone(repo: &RepoSettings, session: &Session<'_>, dir: &Path) -> Result<Check
     drop(git);
     std::fs::rename(&partial, dir).map_err(|source| GitError::Io {
         context: format!("cannot move the new clone to `{}`", dir.display()),
-        source,
+        cause: source,
     })?;
     let rev = head(dir)?;
     tracing::info!(%rev, "cloned");
@@ -293,7 +293,7 @@ fn remove(path: &Path) -> Result<(), GitError> {
     };
     removed.map_err(|source| GitError::Io {
         context: format!("cannot remove `{}`", path.display()),
-        source,
+        cause: source,
     })
 }
 
