@@ -9,6 +9,7 @@ packages=(
   openssh-server     # a real sshd on loopback: git over ssh, remote builders, the SFTP cache
   openssh-client
   nginx-light        # serves the cache to the real Nix client over HTTP
+  fcgiwrap           # nginx runs git-http-backend through it: the fleet repo over HTTPS (tests/git_https.rs)
   sqlite3            # to inspect the history by hand
   dbus-daemon        # a private bus for the logind inhibitor test (tests/inhibit.rs)
   util-linux         # unshare: the journald test's private mount namespace; nsenter

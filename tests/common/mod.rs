@@ -34,7 +34,7 @@ pub use daemon::RunningFarmd;
 pub use env::{NixEnv, BED_GIT_IDENTITY, NIX_CONFIG};
 pub use farm::{machine, phases, toml_str, Farm, FarmConfig};
 pub use fleet::{lock_rev_of_pkgs, Fleet, DEFAULT_MACHINES};
-pub use nginx::Nginx;
+pub use nginx::{GitHttps, Nginx};
 pub use process::{run, run_unchecked, stderr_of, stdout_of};
 pub use sshd::Sshd;
 

@@ -80,3 +80,157 @@ impl Drop for Nginx {
         let _ = self.child.wait();
     }
 }
+
+/// A git server over HTTPS the way a self-hosted forge runs one: nginx with TLS (a throwaway
+/// self-signed certificate for 127.0.0.1) and HTTP basic auth in front of git's own
+/// `git-http-backend` (CGI, through fcgiwrap), serving every repository under a directory.
+/// Pushes are allowed to the authenticated user. Both processes are ours, killed on drop.
+pub struct GitHttps {
+    dir: TempDir,
+    port: u16,
+    nginx: Child,
+    fcgiwrap: Child,
+}
+
+impl GitHttps {
+    /// Serves the repositories under `project_root` to `user` with password `token`.
+    pub fn serve(project_root: &Path, user: &str, token: &str) -> GitHttps {
+        let dir = tempfile::Builder::new()
+            .prefix("nixfarm-githttps-")
+            .tempdir()
+            .expect("git https temp dir");
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("tmp")).unwrap();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(d)
+                .stdin(Stdio::null())
+                .output()
+                .expect("run openssl");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            out.stdout
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "cert.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ]);
+        let hash = openssl(&["passwd", "-apr1", token]);
+        std::fs::write(
+            d.join("htpasswd"),
+            format!("{user}:{}", String::from_utf8_lossy(&hash)),
+        )
+        .unwrap();
+
+        let socket = d.join("fcgiwrap.sock");
+        let fcgiwrap = Command::new("/usr/sbin/fcgiwrap")
+            .arg("-c")
+            .arg("2")
+            .arg("-s")
+            .arg(format!("unix:{}", socket.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start /usr/sbin/fcgiwrap (Debian: fcgiwrap)");
+
+        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .and_then(|l| l.local_addr())
+            .expect("bind 127.0.0.1:0")
+            .port();
+        let conf = format!(
+            "daemon off;\nmaster_process off;\nuser root;\npid {d}/nginx.pid;\n\
+             error_log {d}/error.log;\nevents {{ worker_connections 64; }}\n\
+             http {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/tmp/body;\n  \
+             proxy_temp_path {d}/tmp/proxy;\n  fastcgi_temp_path {d}/tmp/fastcgi;\n  \
+             uwsgi_temp_path {d}/tmp/uwsgi;\n  scgi_temp_path {d}/tmp/scgi;\n  \
+             client_max_body_size 0;\n  \
+             server {{\n    listen 127.0.0.1:{port} ssl;\n    \
+             ssl_certificate {d}/cert.pem;\n    ssl_certificate_key {d}/key.pem;\n    \
+             location / {{\n      auth_basic \"fleet\";\n      \
+             auth_basic_user_file {d}/htpasswd;\n      \
+             include /etc/nginx/fastcgi_params;\n      \
+             fastcgi_param SCRIPT_FILENAME /usr/lib/git-core/git-http-backend;\n      \
+             fastcgi_param GIT_PROJECT_ROOT {root};\n      \
+             fastcgi_param GIT_HTTP_EXPORT_ALL \"\";\n      \
+             fastcgi_param PATH_INFO $uri;\n      \
+             fastcgi_param REMOTE_USER $remote_user;\n      \
+             fastcgi_pass unix:{socket};\n    }}\n  }}\n}}\n",
+            d = d.display(),
+            root = project_root.display(),
+            socket = socket.display(),
+        );
+        std::fs::write(d.join("nginx.conf"), conf).unwrap();
+        let mut nginx = Command::new("/usr/sbin/nginx")
+            .arg("-p")
+            .arg(d)
+            .arg("-c")
+            .arg(d.join("nginx.conf"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start /usr/sbin/nginx (Debian: nginx-light)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() || !socket.exists() {
+            if let Ok(Some(status)) = nginx.try_wait() {
+                let log = std::fs::read_to_string(d.join("error.log")).unwrap_or_default();
+                panic!("nginx exited ({status}):\n{log}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "git https server not up after 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        GitHttps {
+            dir,
+            port,
+            nginx,
+            fcgiwrap,
+        }
+    }
+
+    /// `https://127.0.0.1:PORT/NAME`.
+    pub fn url(&self, name: &str) -> String {
+        format!("https://127.0.0.1:{}/{name}", self.port)
+    }
+
+    /// The server's certificate: trust it with `SSL_CERT_FILE`.
+    pub fn certificate(&self) -> std::path::PathBuf {
+        self.dir.path().join("cert.pem")
+    }
+
+    /// nginx's error log (auth failures, backend errors), for assertion messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for GitHttps {
+    fn drop(&mut self) {
+        for child in [&mut self.nginx, &mut self.fcgiwrap] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
