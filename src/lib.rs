@@ -41,6 +41,7 @@ pub mod control;
 pub mod daemon;
 pub mod git;
 pub mod history;
+pub mod lockfile;
 pub mod nix;
 pub mod process;
 pub mod record;

@@ -94,13 +94,7 @@ impl StateLayout {
     pub fn lock(&self) -> anyhow::Result<StateLock> {
         use rustix::fs::{flock, FlockOperation};
         let path = self.root.join("farmd.lock");
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("cannot open lock file `{}`", path.display()))?;
+        let file = crate::lockfile::open(&path)?;
         if flock(&file, FlockOperation::NonBlockingLockExclusive).is_err() {
             let holder = std::fs::read_to_string(&path).unwrap_or_default();
             bail!(

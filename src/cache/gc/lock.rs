@@ -28,13 +28,7 @@ impl CacheLock {
         std::fs::create_dir_all(state_dir)
             .with_context(|| format!("cannot create state directory `{}`", state_dir.display()))?;
         let path = state_dir.join(FILE_NAME);
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("cannot open lock file `{}`", path.display()))?;
+        let file = crate::lockfile::open(&path)?;
         if flock(&file, FlockOperation::NonBlockingLockExclusive).is_ok() {
             return Ok(CacheLock { _file: file });
         }
