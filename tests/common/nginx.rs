@@ -5,6 +5,7 @@
 //! off`: one process, ours, killed and reaped on drop), its pid, logs and temp paths there too.
 
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -142,7 +143,9 @@ impl GitHttps {
         .unwrap();
 
         let socket = d.join("fcgiwrap.sock");
+        // Its own process group: fcgiwrap forks workers, and all of them go on drop.
         let fcgiwrap = Command::new("/usr/sbin/fcgiwrap")
+            .process_group(0)
             .arg("-c")
             .arg("2")
             .arg("-s")
@@ -228,9 +231,10 @@ impl GitHttps {
 
 impl Drop for GitHttps {
     fn drop(&mut self) {
-        for child in [&mut self.nginx, &mut self.fcgiwrap] {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        let _ = self.nginx.kill();
+        let _ = self.nginx.wait();
+        let group = rustix::process::Pid::from_child(&self.fcgiwrap);
+        let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+        let _ = self.fcgiwrap.wait();
     }
 }
