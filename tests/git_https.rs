@@ -16,6 +16,19 @@ fn code(out: &Output) -> i32 {
     out.status.code().expect("exited normally")
 }
 
+/// `farmd --once`, which must succeed (nginx's error log in the message if not).
+fn once_ok(farm: &Farm, fleet: &Fleet, server: &GitHttps) -> Output {
+    let out = farm.once(fleet);
+    assert_eq!(
+        code(&out),
+        0,
+        "{}\nnginx:\n{}",
+        stderr_of(&out),
+        server.log()
+    );
+    out
+}
+
 /// A farm whose `[repo]` is the fleet's remote over HTTPS, with the token in `token_file`.
 fn https_farm(fleet: &Fleet, server: &GitHttps, token: &str, trust: bool) -> Farm {
     let mut farm = Farm::new(fleet);
@@ -53,14 +66,8 @@ fn clone_fetch_and_push_over_https_with_a_token() {
     let pkgs = fleet.bump();
     let farm = https_farm(&fleet, &server, TOKEN, true);
 
-    let out = farm.once(&fleet);
-    assert_eq!(
-        code(&out),
-        0,
-        "{}\nnginx:\n{}",
-        stderr_of(&out),
-        server.log()
-    );
+    let out = once_ok(&farm, &fleet, &server);
+    assert!(!stderr_of(&out).contains(TOKEN), "the token was printed");
     assert_eq!(fleet.lock_rev_of_pkgs_in_remote(), pkgs);
     assert_ne!(fleet.remote_head("main"), before);
     let run = farm.last_run(&fleet);
@@ -68,14 +75,7 @@ fn clone_fetch_and_push_over_https_with_a_token() {
 
     // A second run fetches into the existing clone and pushes again, through the same auth.
     let pkgs = fleet.bump();
-    let out = farm.once(&fleet);
-    assert_eq!(
-        code(&out),
-        0,
-        "{}\nnginx:\n{}",
-        stderr_of(&out),
-        server.log()
-    );
+    let out = once_ok(&farm, &fleet, &server);
     assert_eq!(fleet.lock_rev_of_pkgs_in_remote(), pkgs);
     assert!(!stderr_of(&out).contains(TOKEN), "the token was printed");
 }

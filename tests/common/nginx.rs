@@ -26,42 +26,16 @@ impl Nginx {
             .tempdir()
             .expect("nginx temp dir");
         let d = dir.path();
-        std::fs::create_dir_all(d.join("tmp")).unwrap();
         let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .and_then(|l| l.local_addr())
             .expect("bind 127.0.0.1:0")
             .port();
-        let conf = format!(
-            "daemon off;\nmaster_process off;\nuser root;\npid {d}/nginx.pid;\n\
-             error_log {d}/error.log;\nevents {{ worker_connections 64; }}\n\
-             http {{\n  access_log off;\n  client_body_temp_path {d}/tmp/body;\n  \
-             proxy_temp_path {d}/tmp/proxy;\n  fastcgi_temp_path {d}/tmp/fastcgi;\n  \
-             uwsgi_temp_path {d}/tmp/uwsgi;\n  scgi_temp_path {d}/tmp/scgi;\n  \
-             default_type application/octet-stream;\n  \
-             server {{ listen 127.0.0.1:{port}; root {root}; }}\n}}\n",
-            d = d.display(),
+        let server = format!(
+            "default_type application/octet-stream;\n  \
+             server {{ listen 127.0.0.1:{port}; root {root}; }}",
             root = root.display()
         );
-        std::fs::write(d.join("nginx.conf"), conf).unwrap();
-        let mut child = Command::new("/usr/sbin/nginx")
-            .arg("-p")
-            .arg(d)
-            .arg("-c")
-            .arg(d.join("nginx.conf"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start /usr/sbin/nginx (Debian: nginx-light)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
-            if let Ok(Some(status)) = child.try_wait() {
-                let log = std::fs::read_to_string(d.join("error.log")).unwrap_or_default();
-                panic!("nginx exited ({status}):\n{log}");
-            }
-            assert!(Instant::now() < deadline, "nginx not listening after 10 s");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let child = start(d, port, &server, || true);
         Nginx {
             _dir: dir,
             port,
@@ -80,6 +54,42 @@ impl Drop for Nginx {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Runs nginx with its config, pid, logs and temp paths in `d` (one process, ours) and `http`
+/// (the `server` block and any http-level directives) on `port`; returns once it listens and
+/// `ready()` holds, or panics with its error log.
+fn start(d: &Path, port: u16, http: &str, ready: impl Fn() -> bool) -> Child {
+    std::fs::create_dir_all(d.join("tmp")).unwrap();
+    let conf = format!(
+        "daemon off;\nmaster_process off;\nuser root;\npid {d}/nginx.pid;\n\
+         error_log {d}/error.log;\nevents {{ worker_connections 64; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d}/tmp/body;\n  \
+         proxy_temp_path {d}/tmp/proxy;\n  fastcgi_temp_path {d}/tmp/fastcgi;\n  \
+         uwsgi_temp_path {d}/tmp/uwsgi;\n  scgi_temp_path {d}/tmp/scgi;\n  {http}\n}}\n",
+        d = d.display()
+    );
+    std::fs::write(d.join("nginx.conf"), conf).unwrap();
+    let mut child = Command::new("/usr/sbin/nginx")
+        .arg("-p")
+        .arg(d)
+        .arg("-c")
+        .arg(d.join("nginx.conf"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start /usr/sbin/nginx (Debian: nginx-light)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() || !ready() {
+        if let Ok(Some(status)) = child.try_wait() {
+            let log = std::fs::read_to_string(d.join("error.log")).unwrap_or_default();
+            panic!("nginx exited ({status}):\n{log}");
+        }
+        assert!(Instant::now() < deadline, "nginx not ready after 10 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
 }
 
 /// A git server over HTTPS the way a self-hosted forge runs one: nginx with TLS (a throwaway
@@ -101,7 +111,6 @@ impl GitHttps {
             .tempdir()
             .expect("git https temp dir");
         let d = dir.path();
-        std::fs::create_dir_all(d.join("tmp")).unwrap();
         let openssl = |args: &[&str]| {
             let out = Command::new("openssl")
                 .args(args)
@@ -160,13 +169,8 @@ impl GitHttps {
             .and_then(|l| l.local_addr())
             .expect("bind 127.0.0.1:0")
             .port();
-        let conf = format!(
-            "daemon off;\nmaster_process off;\nuser root;\npid {d}/nginx.pid;\n\
-             error_log {d}/error.log;\nevents {{ worker_connections 64; }}\n\
-             http {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/tmp/body;\n  \
-             proxy_temp_path {d}/tmp/proxy;\n  fastcgi_temp_path {d}/tmp/fastcgi;\n  \
-             uwsgi_temp_path {d}/tmp/uwsgi;\n  scgi_temp_path {d}/tmp/scgi;\n  \
-             client_max_body_size 0;\n  \
+        let server = format!(
+            "client_max_body_size 0;\n  \
              server {{\n    listen 127.0.0.1:{port} ssl;\n    \
              ssl_certificate {d}/cert.pem;\n    ssl_certificate_key {d}/key.pem;\n    \
              location / {{\n      auth_basic \"fleet\";\n      \
@@ -177,34 +181,12 @@ impl GitHttps {
              fastcgi_param GIT_HTTP_EXPORT_ALL \"\";\n      \
              fastcgi_param PATH_INFO $uri;\n      \
              fastcgi_param REMOTE_USER $remote_user;\n      \
-             fastcgi_pass unix:{socket};\n    }}\n  }}\n}}\n",
+             fastcgi_pass unix:{socket};\n    }}\n  }}",
             d = d.display(),
             root = project_root.display(),
             socket = socket.display(),
         );
-        std::fs::write(d.join("nginx.conf"), conf).unwrap();
-        let mut nginx = Command::new("/usr/sbin/nginx")
-            .arg("-p")
-            .arg(d)
-            .arg("-c")
-            .arg(d.join("nginx.conf"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start /usr/sbin/nginx (Debian: nginx-light)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() || !socket.exists() {
-            if let Ok(Some(status)) = nginx.try_wait() {
-                let log = std::fs::read_to_string(d.join("error.log")).unwrap_or_default();
-                panic!("nginx exited ({status}):\n{log}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "git https server not up after 10 s"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let nginx = start(d, port, &server, || socket.exists());
         GitHttps {
             dir,
             port,
